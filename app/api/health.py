@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.api.deps import StateDep
+from app.db.migrate import current_revision, head_revision
+
+router = APIRouter(tags=["health"])
+
+
+class Live(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(BaseModel):
+    status: Literal["ready", "not-ready"]
+    checks: dict[str, str]
+
+
+@router.get("/livez", description="200 while the process runs.")
+async def livez() -> Live:
+    return Live()
+
+
+async def _database_check(connection: AsyncConnection, head: str | None) -> str:
+    revision = await connection.run_sync(current_revision)
+    if revision != head:
+        return f"at revision {revision}, head is {head}: run `vmbackup migrate`"
+    return "ok"
+
+
+@router.get(
+    "/readyz",
+    response_model=Ready,
+    responses={503: {"model": Ready, "description": "Not ready: each check's state"}},
+    description="200 when the database answers and is at the head migration and the worker "
+    "pool is alive; else 503. A disconnected hypervisor host does not make the service "
+    "unready: see /v1/hosts.",
+)
+async def readyz(state: StateDep) -> JSONResponse:
+    checks: dict[str, str] = {}
+    try:
+        async with state.database.engine.connect() as connection:
+            checks["database"] = await _database_check(
+                connection, head_revision(state.database.url)
+            )
+    except Exception as error:  # any failure to reach the database is "not ready"
+        checks["database"] = f"unreachable: {type(error).__name__}: {error}"
+    pool = state.pool
+    checks["worker_pool"] = "ok" if pool is not None and pool.alive else "not running"
+    ready = all(value == "ok" for value in checks.values())
+    body = Ready(status="ready" if ready else "not-ready", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

@@ -1,0 +1,22 @@
+"""What the running app holds: built once in the lifespan, reached through
+dependencies (never module globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from app.db.session import Database
+from app.hosts.registry import HostRegistry
+from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.worker.pool import WorkerPool
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    database: Database
+    hosts: HostRegistry
+    pool: WorkerPool | None = None

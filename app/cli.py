@@ -1,0 +1,76 @@
+"""`vmbackup serve | migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from pydantic import ValidationError
+
+from app.settings import Settings
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        problems = "; ".join(
+            f"VMBACKUP_{'_'.join(str(p) for p in e['loc']).upper() or 'SETTINGS'}: {e['msg']}"
+            for e in error.errors()
+        )
+        raise SystemExit(f"vmbackup: invalid settings: {problems}") from None
+    except ValueError as error:  # e.g. VMBACKUP_TOKENS that is not JSON
+        raise SystemExit(f"vmbackup: invalid settings: {error}") from None
+
+
+def _migrate(settings: Settings) -> None:
+    from app.db.migrate import upgrade_to_head
+
+    upgrade_to_head(settings.effective_database_url)
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from app.main import create_app
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = _settings(**overrides)
+    if not args.no_migrate:
+        _migrate(settings)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        proxy_headers=False,
+    )
+
+
+def migrate(_args: argparse.Namespace) -> None:
+    settings = _settings()
+    _migrate(settings)
+    print(f"vmbackup: database at head ({settings.effective_database_url.split('://')[0]})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="vmbackup", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run the API and the worker pool")
+    serve_parser.add_argument("--host", help="address to bind (VMBACKUP_HOST)")
+    serve_parser.add_argument("--port", type=int, help="port (VMBACKUP_PORT)")
+    serve_parser.add_argument(
+        "--no-migrate", action="store_true", help="do not upgrade the database first"
+    )
+    serve_parser.set_defaults(run=serve)
+    commands.add_parser("migrate", help="upgrade the database to head").set_defaults(run=migrate)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

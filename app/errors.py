@@ -1,0 +1,134 @@
+"""The one error hierarchy of the service.
+
+Every expected failure is an `AppError` with an HTTP status and a stable `code`
+(API.md, Conventions); the API renders it as RFC 9457 problem+json. Nothing here
+maps a broad builtin such as ValueError to a status.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class AppError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class NotFound(AppError):
+    status = 404
+    title = "Not found"
+
+
+class HostNotFound(NotFound):
+    code = "host-not-found"
+    title = "Host not found"
+
+
+class DomainNotFound(NotFound):
+    code = "domain-not-found"
+    title = "Domain not found"
+
+
+class BackupNotFound(NotFound):
+    code = "backup-not-found"
+    title = "Backup not found"
+
+
+class RestoreNotFound(NotFound):
+    code = "restore-not-found"
+    title = "Restore not found"
+
+
+class CheckpointNotFound(AppError):
+    """A named checkpoint that does not exist (404 when addressed, 409 as a base)."""
+
+    status = 404
+    code = "checkpoint-not-found"
+    title = "Checkpoint not found"
+
+
+class BaseCheckpointMissing(CheckpointNotFound):
+    """An incremental backup's base checkpoint does not exist (or is not usable)."""
+
+    status = 409
+
+
+class InvalidRequest(AppError):
+    status = 422
+    code = "invalid-request"
+    title = "Invalid request"
+
+
+class UnknownDisk(AppError):
+    status = 422
+    code = "unknown-disk"
+    title = "Unknown disk"
+
+
+class PathNotAllowed(AppError):
+    status = 422
+    code = "path-not-allowed"
+    title = "Path not allowed"
+
+
+class DomainNotRunning(AppError):
+    status = 409
+    code = "domain-not-running"
+    title = "Domain not running"
+
+
+class InvalidState(AppError):
+    status = 409
+    code = "invalid-state"
+    title = "Invalid state"
+
+
+class ChainBroken(AppError):
+    status = 409
+    code = "chain-broken"
+    title = "Backup chain broken"
+
+
+class IdempotencyConflict(AppError):
+    status = 422
+    code = "idempotency-conflict"
+    title = "Idempotency key reused with another request"
+
+
+class Unauthorized(AppError):
+    status = 401
+    code = "unauthorized"
+    title = "Unauthorized"
+
+
+class Forbidden(AppError):
+    status = 403
+    code = "forbidden"
+    title = "Forbidden"
+
+
+class HostUnreachable(AppError):
+    """The host's libvirt connection is down; the caller may retry later."""
+
+    status = 503
+    code = "host-unreachable"
+    title = "Host unreachable"
+
+
+class HypervisorError(AppError):
+    """libvirt refused a call; `libvirt_code` and the message are libvirt's own."""
+
+    status = 502
+    code = "libvirt-error"
+    title = "libvirt error"
+
+    def __init__(self, detail: str, libvirt_code: int | None = None, **extra: Any) -> None:
+        super().__init__(detail, libvirt_code=libvirt_code, **extra)
+        self.libvirt_code = libvirt_code

@@ -1,0 +1,125 @@
+"""Blocking calls about domains and checkpoints; run on the host's executor."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import libvirt
+
+from app.hypervisor import CheckpointInfo, CheckpointSpec, DiskInfo, DomainInfo
+from app.libvirt import xml
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
+
+STATE_NAMES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "nostate",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "blocked",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
+}
+
+
+def lookup(conn: libvirt.virConnect, ref: str) -> libvirt.virDomain:
+    if _UUID.match(ref):
+        return conn.lookupByUUIDString(ref)
+    return conn.lookupByName(ref)
+
+
+def _capacity(dom: libvirt.virDomain, disk: xml.DiskXml) -> int:
+    if disk.source is None:
+        return 0  # an empty drive (a cdrom with no medium)
+    try:
+        capacity, _allocation, _physical = dom.blockInfo(disk.name)
+    except libvirt.libvirtError:
+        return 0  # e.g. a network disk libvirt cannot size while the domain is off
+    return int(capacity)
+
+
+def _disk_info(dom: libvirt.virDomain, disk: xml.DiskXml) -> DiskInfo:
+    return DiskInfo(
+        name=disk.name,
+        device=disk.device,
+        type=disk.type,
+        format=disk.format,
+        source=disk.source,
+        capacity_bytes=_capacity(dom, disk),
+        # A persistent dirty bitmap lives in a qcow2 image.
+        checkpoint_capable=disk.device == "disk" and disk.format == "qcow2",
+    )
+
+
+def describe(dom: libvirt.virDomain) -> DomainInfo:
+    state, _reason = dom.state()
+    disks = xml.parse_domain_disks(dom.XMLDesc(0))
+    return DomainInfo(
+        name=dom.name(),
+        uuid=dom.UUIDString(),
+        state=STATE_NAMES.get(state, "unknown"),
+        disks=tuple(_disk_info(dom, disk) for disk in disks),
+    )
+
+
+def list_all(conn: libvirt.virConnect) -> list[DomainInfo]:
+    found = []
+    for dom in conn.listAllDomains(0):
+        try:
+            found.append(describe(dom))
+        except libvirt.libvirtError as error:
+            if error.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise  # a domain undefined while we listed is simply not there
+    return sorted(found, key=lambda info: info.name)
+
+
+def _checkpoint_info(dom: libvirt.virDomain, cp: libvirt.virDomainCheckpoint) -> CheckpointInfo:
+    info = xml.parse_checkpoint_xml(cp.getXMLDesc(0))
+    if not dom.isActive():
+        return info
+    # Sizes need a running domain and come from a second, domain-less document.
+    sized = xml.parse_checkpoint_xml(
+        cp.getXMLDesc(
+            libvirt.VIR_DOMAIN_CHECKPOINT_XML_SIZE | libvirt.VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN
+        )
+    )
+    sizes = {disk.name: disk.size_bytes for disk in sized.disks}
+    return replace(
+        info, disks=tuple(replace(disk, size_bytes=sizes.get(disk.name)) for disk in info.disks)
+    )
+
+
+def list_checkpoints(dom: libvirt.virDomain) -> list[CheckpointInfo]:
+    return [
+        _checkpoint_info(dom, cp)
+        for cp in dom.listAllCheckpoints(libvirt.VIR_DOMAIN_CHECKPOINT_LIST_TOPOLOGICAL)
+    ]
+
+
+def create_checkpoint(
+    dom: libvirt.virDomain, *, checkpoint: CheckpointSpec, quiesce: bool
+) -> CheckpointInfo:
+    flags = libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_QUIESCE if quiesce else 0
+    cp = dom.checkpointCreateXML(xml.build_checkpoint_xml(checkpoint), flags)
+    return _checkpoint_info(dom, cp)
+
+
+def redefine_checkpoint(dom: libvirt.virDomain, *, xml: str) -> None:
+    flags = (
+        libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE
+        | libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE_VALIDATE
+    )
+    dom.checkpointCreateXML(xml, flags)
+
+
+def delete_checkpoint(
+    dom: libvirt.virDomain, *, name: str, children: bool, metadata_only: bool
+) -> None:
+    flags = 0
+    if children:
+        flags |= libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_CHILDREN
+    if metadata_only:
+        flags |= libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY
+    dom.checkpointLookupByName(name).delete(flags)

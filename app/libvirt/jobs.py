@@ -1,0 +1,71 @@
+"""Blocking calls about backup jobs; run on the host's executor."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import libvirt
+
+from app.hypervisor import BackupSpec, BackupState, CheckpointSpec, JobStats
+from app.libvirt import xml
+
+_FINISHED_JOB_TYPES = {
+    libvirt.VIR_DOMAIN_JOB_NONE,
+    libvirt.VIR_DOMAIN_JOB_COMPLETED,
+    libvirt.VIR_DOMAIN_JOB_FAILED,
+    libvirt.VIR_DOMAIN_JOB_CANCELLED,
+}
+
+
+def backup_begin(
+    dom: libvirt.virDomain,
+    *,
+    backup: BackupSpec,
+    checkpoint: CheckpointSpec | None,
+    reuse_external: bool,
+    quiesce: bool,
+) -> None:
+    flags = libvirt.VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL if reuse_external else 0
+    backup_xml = xml.build_backup_xml(backup)
+    checkpoint_xml = None if checkpoint is None else xml.build_checkpoint_xml(checkpoint)
+    if not quiesce:
+        dom.backupBegin(backup_xml, checkpoint_xml, flags)
+        return
+    # libvirt 9 has no quiesce flag for backupBegin: freeze through the guest
+    # agent around the instant the job (and its checkpoint) is taken.
+    dom.fsFreeze()
+    try:
+        dom.backupBegin(backup_xml, checkpoint_xml, flags)
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.fsThaw()
+
+
+def backup_state(dom: libvirt.virDomain) -> tuple[str, BackupState]:
+    desc = dom.backupGetXMLDesc(0)
+    return desc, xml.parse_backup_xml(desc)
+
+
+def _counter(stats: dict[str, Any], key: str) -> int | None:
+    value = stats.get(key)
+    return None if value is None else int(value)
+
+
+def job_stats(dom: libvirt.virDomain, *, completed: bool) -> JobStats:
+    flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED if completed else 0
+    stats: dict[str, Any] = dom.jobStats(flags)
+    success = stats.get("success")
+    return JobStats(
+        active=stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) not in _FINISHED_JOB_TYPES,
+        success=None if success is None else bool(success),
+        errmsg=stats.get("errmsg"),
+        disk_total=_counter(stats, "disk_total"),
+        disk_processed=_counter(stats, "disk_processed"),
+        disk_temp_used=_counter(stats, "disk_temp_used"),
+        disk_temp_total=_counter(stats, "disk_temp_total"),
+    )
+
+
+def abort(dom: libvirt.virDomain) -> None:
+    dom.abortJob()

@@ -1,0 +1,91 @@
+"""`create_app()`: the FastAPI factory. The lifespan opens the database, the
+hosts and the worker pool, and closes them in reverse order."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api import domains, health, hosts, problems
+from app.api.state import AppState
+from app.db.session import Database
+from app.hosts.registry import HostRegistry, HypervisorFactory
+from app.hosts.service import load_hosts
+from app.settings import Settings
+from app.worker.pool import WorkerPool
+
+log = logging.getLogger("vmbackup")
+
+DESCRIPTION = """\
+Full and incremental backups of libvirt virtual machines, push and pull mode,
+with the lineage of checkpoints and backups kept in a database.
+
+Errors are RFC 9457 `application/problem+json` with a stable `code`.
+Authentication: `Authorization: Bearer <token>`; scopes are ordered, `admin`
+includes `operate`, which includes `read`. With no token configured the service
+only listens on loopback and lets every request through.
+"""
+
+
+def libvirt_factory(settings: Settings) -> HypervisorFactory:
+    from app.libvirt.host import LibvirtHost  # the one door to libvirt
+
+    def make(name: str, uri: str) -> LibvirtHost:
+        return LibvirtHost(name, uri, max_workers=settings.workers_per_host + 2)
+
+    return make
+
+
+def _lifespan(settings: Settings, factory: HypervisorFactory | None):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.tokens:
+            log.warning(
+                "no VMBACKUP_TOKENS configured: every request on %s is allowed (loopback only)",
+                settings.host,
+            )
+        database = Database(settings.effective_database_url)
+        registry = HostRegistry(factory or libvirt_factory(settings))
+        state = AppState(settings=settings, database=database, hosts=registry)
+        app.state.vmbackup = state
+        try:
+            async with database.session_scope() as session:
+                await load_hosts(session, registry, settings.libvirt_uri)
+            state.pool = WorkerPool(settings, database, registry)
+            await state.pool.start()
+            yield
+        finally:
+            if state.pool is not None:
+                await state.pool.stop()
+            await registry.close()
+            await database.dispose()
+
+    return lifespan
+
+
+def create_app(
+    settings: Settings | None = None, hypervisor_factory: HypervisorFactory | None = None
+) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(
+        title="vmbackup",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=_lifespan(settings, hypervisor_factory),
+    )
+    problems.install(app)
+    app.include_router(health.router)
+    app.include_router(hosts.router)
+    app.include_router(domains.router)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn app.main:app`: built on first access, so importing this module
+    # (tests, the CLI) does not read the environment.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

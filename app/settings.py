@@ -1,0 +1,100 @@
+"""One typed settings object, read from the environment (prefix VMBACKUP_)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Scope = Literal["read", "operate", "admin"]
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+class TokenSetting(BaseModel):
+    """A bearer token as configured: its SHA-256, never the token itself."""
+
+    name: str = Field(min_length=1, max_length=64)
+    sha256: str
+    scopes: list[Scope] = Field(min_length=1)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        value = value.lower()
+        if not SHA256_HEX.fullmatch(value):
+            raise ValueError("must be the 64 hex digits of the token's SHA-256")
+        return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VMBACKUP_", extra="ignore")
+
+    data_dir: Path = Path("/var/lib/vmbackup")
+    database_url: str | None = None
+    libvirt_uri: str = "qemu:///system"
+    backup_root: Path | None = None
+    scratch_root: Path | None = None
+    restore_root: Path | None = None
+    socket_root: Path = Path("/run/vmbackup")
+    tokens: Annotated[list[TokenSetting], NoDecode] = []
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Worker pool
+    workers_per_host: int = Field(default=4, ge=1, le=64)
+    lease_seconds: float = Field(default=30.0, gt=1)
+    poll_seconds: float = Field(default=1.0, gt=0)
+    default_pull_ttl_seconds: int = Field(default=7200, ge=1)
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _tokens_json(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else []
+        return value
+
+    @field_validator("data_dir", "backup_root", "scratch_root", "restore_root", "socket_root")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _tokens_off_loopback(self) -> Settings:
+        if not self.tokens and not self.is_loopback:
+            raise ValueError(
+                f"refusing to listen on {self.host} without VMBACKUP_TOKENS: "
+                "configure tokens or bind to a loopback address"
+            )
+        return self
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'vmbackup.db'}"
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.backup_root or self.data_dir / "backups"
+
+    @property
+    def scratch_dir(self) -> Path:
+        return self.scratch_root or self.data_dir / "scratch"
+
+    @property
+    def restores_dir(self) -> Path:
+        return self.restore_root or self.data_dir / "restores"
