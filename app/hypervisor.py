@@ -218,8 +218,9 @@ class Hypervisor(Protocol):
         quiesce: bool = False,
     ) -> None: ...
 
-    async def backup_state(self, domain_uuid: str) -> tuple[str, BackupState]:
-        """`virDomainBackupGetXMLDesc`: the raw XML and what it says."""
+    async def backup_state(self, domain_uuid: str) -> tuple[str, BackupState] | None:
+        """`virDomainBackupGetXMLDesc`: the raw XML and what it says; None when
+        the domain has no backup job (it has ended already)."""
         ...
 
     async def job_stats(self, domain_uuid: str, *, completed: bool = False) -> JobStats: ...

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import domains, health, hosts, problems
+from app.api import backups, domains, health, hosts, problems
 from app.api.state import AppState
 from app.db.session import Database
 from app.hosts.registry import HostRegistry, HypervisorFactory
@@ -80,6 +80,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(hosts.router)
     app.include_router(domains.router)
+    app.include_router(backups.router)
     return app
 
 

@@ -243,7 +243,7 @@ class LibvirtHost:
         )
         await self._on_domain(domain_uuid, begin)
 
-    async def backup_state(self, domain_uuid: str) -> tuple[str, BackupState]:
+    async def backup_state(self, domain_uuid: str) -> tuple[str, BackupState] | None:
         return await self._on_domain(domain_uuid, jobs.backup_state)
 
     async def job_stats(self, domain_uuid: str, *, completed: bool = False) -> JobStats:

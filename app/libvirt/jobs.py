@@ -42,8 +42,13 @@ def backup_begin(
             dom.fsThaw()
 
 
-def backup_state(dom: libvirt.virDomain) -> tuple[str, BackupState]:
-    desc = dom.backupGetXMLDesc(0)
+def backup_state(dom: libvirt.virDomain) -> tuple[str, BackupState] | None:
+    try:
+        desc = dom.backupGetXMLDesc(0)
+    except libvirt.libvirtError as error:
+        if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_BACKUP:
+            return None  # the job has ended already (a small push ends at once)
+        raise
     return desc, xml.parse_backup_xml(desc)
 
 
@@ -53,11 +58,19 @@ def _counter(stats: dict[str, Any], key: str) -> int | None:
 
 
 def job_stats(dom: libvirt.virDomain, *, completed: bool) -> JobStats:
-    flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED if completed else 0
+    # KEEP_COMPLETED: libvirt otherwise hands completed stats out only once.
+    flags = (
+        libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
+        if completed
+        else 0
+    )
     stats: dict[str, Any] = dom.jobStats(flags)
+    job_type = stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE)
     success = stats.get("success")
+    if success is None and job_type != libvirt.VIR_DOMAIN_JOB_NONE and completed:
+        success = job_type == libvirt.VIR_DOMAIN_JOB_COMPLETED
     return JobStats(
-        active=stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) not in _FINISHED_JOB_TYPES,
+        active=job_type not in _FINISHED_JOB_TYPES,
         success=None if success is None else bool(success),
         errmsg=stats.get("errmsg"),
         disk_total=_counter(stats, "disk_total"),

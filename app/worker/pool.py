@@ -1,7 +1,9 @@
 """The worker pool: the only writer of a backup's status after `queued`.
 
-One pool per process. It registers itself in `workers` and heartbeats, so
-that /readyz and other replicas can tell it is alive."""
+One pool per process. It claims queued backups (oldest first, one active per
+domain), holds each by a lease it renews with its heartbeat, takes over the
+active backups whose lease expired (a crashed or stopped replica), and
+follows every job to its end through the host's events and job statistics."""
 
 from __future__ import annotations
 
@@ -13,12 +15,17 @@ import socket
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, event, exists, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
-from app.db.models import Worker
+from app.db.models import ACTIVE_STATUSES, Backup, BackupEvent, BackupStatus, Worker
 from app.db.session import Database
 from app.hosts.registry import HostRegistry
+from app.hypervisor import DomainStopped, HostReconnected, HypervisorEvent, JobCompleted
 from app.settings import Settings
+from app.worker.runner import BackupRunner, JobSignal
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +37,14 @@ class WorkerPool:
         self.hosts = hosts
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._tasks: list[asyncio.Task[None]] = []
+        self._runs: dict[uuid.UUID, tuple[str, asyncio.Task[None]]] = {}
+        self._signals: dict[tuple[str, str], JobSignal] = {}
+        self._wake = asyncio.Event()
         self._last_heartbeat: datetime | None = None
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.settings.lease_seconds)
 
     @property
     def alive(self) -> bool:
@@ -38,39 +52,215 @@ class WorkerPool:
             return False
         if self._last_heartbeat is None:
             return False
-        stale = timedelta(seconds=self.settings.lease_seconds)
-        return datetime.now(UTC) - self._last_heartbeat < stale
+        return datetime.now(UTC) - self._last_heartbeat < self.lease
 
     async def start(self) -> None:
         await self._heartbeat_once()
-        self._tasks = [asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat")]
+        self.hosts.subscribe_all(self._on_event)
+        self._tasks = [
+            asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
+            asyncio.create_task(self._dispatch_loop(), name="worker-dispatch"),
+        ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        """Stop following; libvirt jobs go on and the next start takes them over."""
+        tasks = self._tasks + [task for _host, task in self._runs.values()]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks = []
+        self._tasks, self._runs = [], {}
         with contextlib.suppress(Exception):
             async with self.database.session_scope() as session:
                 await session.execute(delete(Worker).where(Worker.holder == self.holder))
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def wake_after_commit(self, session: AsyncSession) -> None:
+        """Look for work as soon as the request's transaction is committed."""
+        loop = asyncio.get_running_loop()
+        event.listen(
+            session.sync_session,
+            "after_commit",
+            lambda _session: loop.call_soon_threadsafe(self._wake.set),
+            once=True,
+        )
+
+    def _on_event(self, happened: HypervisorEvent) -> None:
+        if isinstance(happened, HostReconnected):
+            self._wake.set()
+            return
+        signal = self._signals.get((happened.host, happened.domain_uuid))
+        if signal is None:
+            return
+        if isinstance(happened, DomainStopped):
+            signal.domain_stopped = True
+        if isinstance(happened, JobCompleted):
+            signal.completed = happened
+        if isinstance(happened, JobCompleted | DomainStopped):
+            signal.wake.set()
+
+    # -- heartbeat and leases -------------------------------------------------
 
     async def _heartbeat_once(self) -> None:
         now = datetime.now(UTC)
         async with self.database.session_scope() as session:
             updated = await session.execute(
-                update(Worker).where(Worker.holder == self.holder).values(heartbeat_at=now)
+                update(Worker)
+                .where(Worker.holder == self.holder)
+                .values(heartbeat_at=now)
+                .returning(Worker.holder)
             )
-            if updated.rowcount == 0:  # type: ignore[attr-defined]
+            if updated.first() is None:
                 session.add(Worker(holder=self.holder, started_at=now, heartbeat_at=now))
+            await session.execute(
+                update(Backup)
+                .where(Backup.lease_holder == self.holder, Backup.status.in_(ACTIVE_STATUSES))
+                .values(lease_expires_at=now + self.lease)
+            )
+            await session.execute(delete(Worker).where(Worker.heartbeat_at < now - 10 * self.lease))
         self._last_heartbeat = now
 
     async def _heartbeat_loop(self) -> None:
-        interval = self.settings.lease_seconds / 3
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.settings.lease_seconds / 3)
             try:
                 await self._heartbeat_once()
             except Exception:  # the database may be briefly away; try again
                 log.exception("worker heartbeat failed")
+
+    # -- dispatch -------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            try:
+                await self._take_over_stalled()
+                while await self._claim_next():
+                    pass
+            except Exception:
+                log.exception("worker dispatch failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
+
+    def _hosts_with_room(self) -> list[str]:
+        busy: dict[str, int] = {}
+        for host, _task in self._runs.values():
+            busy[host] = busy.get(host, 0) + 1
+        return [
+            host.name
+            for host in self.hosts
+            if host.status.connected and busy.get(host.name, 0) < self.settings.workers_per_host
+        ]
+
+    async def _claim_next(self) -> bool:
+        hosts = self._hosts_with_room()
+        if not hosts:
+            return False
+        active = aliased(Backup)
+        busy_domain = exists().where(
+            active.host == Backup.host,
+            active.domain_uuid == Backup.domain_uuid,
+            active.status.in_(ACTIVE_STATUSES),
+        )
+        query = (
+            select(Backup.id, Backup.host, Backup.lease_epoch)
+            .where(Backup.status == BackupStatus.QUEUED, Backup.host.in_(hosts), ~busy_domain)
+            .order_by(Backup.created_at, Backup.id)
+            .limit(1)
+        )
+        if self.database.is_postgresql:
+            query = query.with_for_update(skip_locked=True, of=Backup)
+        now = datetime.now(UTC)
+        try:
+            async with self.database.session_scope() as session:
+                row = (await session.execute(query)).first()
+                if row is None:
+                    return False
+                claimed = await session.execute(
+                    update(Backup)
+                    .where(Backup.id == row.id, Backup.status == BackupStatus.QUEUED)
+                    .values(
+                        status=BackupStatus.STARTING,
+                        started_at=now,
+                        lease_holder=self.holder,
+                        lease_epoch=row.lease_epoch + 1,
+                        lease_expires_at=now + self.lease,
+                    )
+                    .returning(Backup.domain_uuid)
+                )
+                claimed_row = claimed.first()
+                if claimed_row is None:
+                    return True  # cancelled or taken meanwhile: look again
+                session.add(
+                    BackupEvent(backup_id=row.id, status="starting", previous_status="queued")
+                )
+        except IntegrityError:
+            # Another replica started a backup of the same domain in between.
+            return False
+        self._run(row.id, row.host, claimed_row.domain_uuid, row.lease_epoch + 1)
+        return True
+
+    async def _take_over_stalled(self) -> None:
+        now = datetime.now(UTC)
+        live_holders = select(Worker.holder).where(Worker.heartbeat_at > now - self.lease)
+        hosts = self._hosts_with_room()
+        async with self.database.session_scope() as session:
+            stalled = (
+                await session.execute(
+                    select(Backup.id, Backup.host, Backup.domain_uuid, Backup.lease_epoch).where(
+                        Backup.status.in_(ACTIVE_STATUSES),
+                        Backup.host.in_(hosts),
+                        Backup.id.notin_(list(self._runs)),
+                        or_(
+                            Backup.lease_expires_at < now,
+                            Backup.lease_holder.is_(None),
+                            Backup.lease_holder.notin_(live_holders),
+                        ),
+                    )
+                )
+            ).all()
+            taken = []
+            for row in stalled:
+                result = await session.execute(
+                    update(Backup)
+                    .where(Backup.id == row.id, Backup.lease_epoch == row.lease_epoch)
+                    .values(
+                        lease_holder=self.holder,
+                        lease_epoch=row.lease_epoch + 1,
+                        lease_expires_at=now + self.lease,
+                    )
+                    .returning(Backup.id)
+                )
+                if result.first() is not None:
+                    taken.append(row)
+        for row in taken:
+            log.info("taking over backup %s (lease expired)", row.id)
+            self._run(row.id, row.host, row.domain_uuid, row.lease_epoch + 1)
+
+    def _run(self, backup_id: uuid.UUID, host: str, domain_uuid: str, epoch: int) -> None:
+        signal = JobSignal()
+        self._signals[(host, domain_uuid)] = signal
+        runner = BackupRunner(
+            self.database,
+            self.hosts.get(host),
+            backup_id,
+            epoch,
+            signal,
+            self.settings.poll_seconds,
+        )
+
+        async def run() -> None:
+            try:
+                await runner.run()
+            except Exception:
+                log.exception("backup %s: runner failed", backup_id)
+            finally:
+                self._runs.pop(backup_id, None)
+                if self._signals.get((host, domain_uuid)) is signal:
+                    del self._signals[(host, domain_uuid)]
+                self._wake.set()  # a queued backup of this domain may start now
+
+        self._runs[backup_id] = (host, asyncio.create_task(run(), name=f"backup-{backup_id}"))

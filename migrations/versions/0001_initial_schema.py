@@ -1,8 +1,8 @@
 """initial schema
 
 Revision ID: 0001
-Revises:
-Create Date: 2026-11-25 21:22:59.168714
+Revises: (none)
+Create Date: 2026-11-25 21:29:58.957877
 """
 
 from collections.abc import Sequence
@@ -153,6 +153,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("previous_status", sa.String(length=16), nullable=True),
         sa.Column("message", sa.Text(), nullable=True),
+        sa.Column("progress", sa.JSON(), nullable=True),
         sa.Column("at", app.db.base.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["backup_id"],

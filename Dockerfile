@@ -1,0 +1,98 @@
+# syntax=docker/dockerfile:1
+#
+# vmbackup container image.
+#
+#   docker build -t vmbackup .
+#   docker run --rm -p 8080:8080 -e VMBACKUP_TOKENS='[...]' ... vmbackup
+#
+# Two stages: the builder compiles libvirt-python against libvirt's C library
+# (libvirt-dev, pkg-config, gcc) into a venv; the runtime stage gets only that venv
+# and the shared libraries and tools the service calls at run time.
+#
+# The image listens on 0.0.0.0:8080, so the service refuses to start (and so does
+# `vmbackup migrate`, which reads the same settings) unless VMBACKUP_TOKENS is set:
+# a JSON list of {"name", "sha256", "scopes"}. See docker-compose.yml for the rest
+# (libvirt socket or remote URI, backup roots at identical paths on host and container).
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG VENV=/opt/vmbackup/.venv
+
+# ---------------------------------------------------------------------------- builder
+FROM ${PYTHON_IMAGE} AS builder
+ARG VENV
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libvirt-dev pkg-config \
+ && rm -rf /var/lib/apt/lists/*
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# The venv lives at the same path in both stages: its scripts' shebangs are absolute.
+RUN python -m venv "${VENV}"
+ENV PATH="${VENV}/bin:${PATH}"
+
+WORKDIR /src
+
+# Dependencies first, read from pyproject.toml, so that a change to the code alone
+# does not rebuild libvirt-python.
+COPY pyproject.toml README.md ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt
+
+# Then the project itself (hatchling; migrations/ are force-included into the wheel).
+COPY app ./app
+COPY migrations ./migrations
+RUN pip install --no-deps . \
+ && vmbackup --help > /dev/null
+
+# ---------------------------------------------------------------------------- runtime
+FROM ${PYTHON_IMAGE} AS runtime
+ARG VENV
+
+# libvirt0: the libvirt client library libvirt-python links against.
+# qemu-utils: qemu-img (rebase of push chains, restores).
+# Optional (EXTRA_PACKAGES): libnbd-bin (nbdinfo, nbdcopy: to read pull-mode exports
+# from inside the container) and openssh-client (for qemu+ssh:// libvirt URIs).
+# tini: PID 1 that forwards signals and reaps the children (qemu-img, ssh).
+ARG EXTRA_PACKAGES="libnbd-bin openssh-client"
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      ca-certificates libvirt0 qemu-utils tini ${EXTRA_PACKAGES} \
+ && rm -rf /var/lib/apt/lists/*
+
+# A non-root user by default. Talking to the host's qemu:///system through the mounted
+# socket /var/run/libvirt/libvirt-sock needs that socket's permissions (root, or the
+# host's `libvirt` group), and the backup files libvirt writes belong to QEMU's user:
+# docker-compose.yml shows running that service as root; with a remote URI
+# (qemu+tls://host/system, qemu+ssh://user@host/system) this user is enough.
+RUN groupadd --system --gid 10001 vmbackup \
+ && useradd --system --uid 10001 --gid vmbackup --create-home --home-dir /home/vmbackup \
+      --shell /usr/sbin/nologin vmbackup \
+ && install -d -o vmbackup -g vmbackup -m 0750 /var/lib/vmbackup /run/vmbackup
+
+COPY --from=builder ${VENV} ${VENV}
+# Fails the build if a shared library is missing from this stage.
+RUN "${VENV}/bin/python" -c "import libvirt, lxml.etree, psycopg" \
+ && qemu-img --version > /dev/null
+
+ENV PATH="${VENV}/bin:${PATH}" \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    VMBACKUP_HOST=0.0.0.0 \
+    VMBACKUP_PORT=8080 \
+    VMBACKUP_DATA_DIR=/var/lib/vmbackup \
+    VMBACKUP_SOCKET_ROOT=/run/vmbackup
+
+USER vmbackup
+WORKDIR /home/vmbackup
+EXPOSE 8080
+
+# /livez: the process is up. (/readyz, which also checks the database and the worker
+# pool, is for load balancers and Kubernetes readiness, not for restarting a container.)
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/livez' % os.environ.get('VMBACKUP_PORT', '8080'), timeout=4)"]
+
+ENTRYPOINT ["/usr/bin/tini", "--"]
+CMD ["vmbackup", "serve"]

@@ -1,0 +1,280 @@
+"""Starting, listing and ending backups from the API side. After `queued`,
+status belongs to the worker pool: the API records requests (`end_action`)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from app.backups import planner
+from app.backups.lineage import choose_base
+from app.backups.schemas import (
+    BackupCreate,
+    BackupList,
+    BackupOut,
+    CheckpointIn,
+    DiskOut,
+    DomainRef,
+    ErrorOut,
+    ProgressOut,
+)
+from app.db.base import utcnow
+from app.db.models import TERMINAL_STATUSES, Backup, BackupDisk, BackupEvent, BackupStatus
+from app.errors import BackupNotFound, DomainNotRunning, InvalidRequest, InvalidState
+from app.hosts.registry import HostRegistry
+from app.hypervisor import DomainInfo
+from app.settings import Settings
+
+
+def backup_out(backup: Backup) -> BackupOut:
+    error = (
+        ErrorOut(code=backup.error_code, message=backup.error_message or "")
+        if backup.error_code
+        else None
+    )
+    return BackupOut(
+        id=backup.id,
+        host=backup.host,
+        domain=DomainRef(name=backup.domain_name, uuid=backup.domain_uuid),
+        mode=backup.mode,
+        kind=backup.kind,
+        incremental=backup.incremental,
+        checkpoint=backup.checkpoint,
+        fallback_reason=backup.fallback_reason,
+        status=backup.status.value,
+        progress=ProgressOut(
+            bytes_total=backup.bytes_total,
+            bytes_processed=backup.bytes_processed,
+            temp_used=backup.temp_used,
+            temp_total=backup.temp_total,
+            updated_at=backup.progress_updated_at,
+        ),
+        disks=[
+            DiskOut(
+                name=d.name,
+                backup=d.backup,
+                backupmode=d.backupmode,
+                type=d.type,
+                format=d.format,
+                target=d.target,
+                scratch=d.scratch,
+                export=d.export_name,
+                export_bitmap=d.export_bitmap,
+                nbd_uri=d.nbd_uri,
+                bytes=d.bytes,
+            )
+            for d in backup.disks
+        ],
+        server=backup.server,
+        libvirt_xml=backup.libvirt_xml,
+        error=error,
+        description=backup.description,
+        created_at=backup.created_at,
+        started_at=backup.started_at,
+        finished_at=backup.finished_at,
+        expires_at=backup.expires_at,
+    )
+
+
+def _checkpoint_request(body: BackupCreate) -> CheckpointIn | None:
+    if body.checkpoint is False:
+        return None
+    return body.checkpoint if isinstance(body.checkpoint, CheckpointIn) else CheckpointIn()
+
+
+def _disk_rows(
+    body: BackupCreate,
+    domain: DomainInfo,
+    backup_id: uuid.UUID,
+    incremental: bool,
+    settings: Settings,
+) -> list[BackupDisk]:
+    specs = planner.select_disks(domain, body.disks)
+    infos = {disk.name: disk for disk in domain.disks}
+    plans = [
+        planner.plan_disk(
+            spec,
+            infos[name],
+            request=body,
+            incremental=incremental,
+            backup_id=backup_id,
+            domain_uuid=domain.uuid,
+            settings=settings,
+        )
+        for name, spec in specs.items()
+    ]
+    if not any(plan.backup for plan in plans):
+        raise InvalidRequest(f"no disk of {domain.name} would be backed up")
+    planner.check_reuse_external(body, plans)
+    return [
+        BackupDisk(
+            name=p.name,
+            position=i,
+            backup=p.backup,
+            backupmode=p.backupmode,
+            type=p.type,
+            format=p.format,
+            target=p.target,
+            scratch=p.scratch,
+        )
+        for i, p in enumerate(plans)
+    ]
+
+
+async def create_backup(
+    session: AsyncSession,
+    hosts: HostRegistry,
+    settings: Settings,
+    *,
+    host: str,
+    domain_ref: str,
+    body: BackupCreate,
+) -> Backup:
+    """Validate against live libvirt, plan, and write the intent as `queued`."""
+    hypervisor = hosts.get(host)
+    domain = await hypervisor.get_domain(domain_ref)
+    if not domain.active:
+        raise DomainNotRunning(f"domain {domain.name} is {domain.state}")
+    planner.select_disks(domain, body.disks)  # unknown disks before anything slower
+    base = await choose_base(
+        session,
+        hypervisor,
+        domain,
+        kind=body.effective_kind,
+        named=body.incremental,
+        mode=body.mode,
+    )
+    backup_id, now = uuid.uuid4(), utcnow()
+    checkpoint = _checkpoint_request(body)
+    has_bitmaps = any(disk.checkpoint_capable for disk in domain.disks)
+    backup = Backup(
+        id=backup_id,
+        host=host,
+        domain_uuid=domain.uuid,
+        domain_name=domain.name,
+        mode=body.mode,
+        kind="incremental" if base.checkpoint else "full",
+        incremental=base.checkpoint,
+        checkpoint=(
+            (checkpoint.name or planner.checkpoint_name(backup_id, now))
+            if checkpoint and has_bitmaps
+            else None
+        ),
+        checkpoint_description=checkpoint.description if checkpoint else None,
+        fallback_reason=base.fallback_reason,
+        status=BackupStatus.QUEUED,
+        quiesce=body.quiesce,
+        reuse_external=body.reuse_external,
+        ttl_seconds=(body.ttl_seconds or settings.default_pull_ttl_seconds)
+        if body.mode == "pull"
+        else None,
+        description=body.description,
+        server=planner.plan_server(body.server, backup_id, settings)
+        if body.mode == "pull"
+        else None,
+        created_at=now,
+        disks=_disk_rows(body, domain, backup_id, base.checkpoint is not None, settings),
+    )
+    session.add(backup)
+    session.add(BackupEvent(backup_id=backup_id, status="queued", at=now))
+    await session.flush()
+    return backup
+
+
+def _with_disks() -> Select[Backup]:
+    return select(Backup).options(selectinload(Backup.disks))
+
+
+async def get_backup(session: AsyncSession, backup_id: uuid.UUID) -> Backup:
+    backup = (await session.scalars(_with_disks().where(Backup.id == backup_id))).first()
+    if backup is None:
+        raise BackupNotFound(f"backup {backup_id} does not exist")
+    return backup
+
+
+def encode_cursor(backup: Backup) -> str:
+    raw = json.dumps([backup.created_at.isoformat(), str(backup.id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, backup_id = json.loads(raw)
+        return datetime.fromisoformat(created_at), uuid.UUID(backup_id)
+    except (binascii.Error, ValueError, TypeError) as error:
+        raise InvalidRequest("cursor: not a cursor this service gave out") from error
+
+
+async def list_backups(
+    session: AsyncSession,
+    *,
+    filters: dict[str, Any],
+    limit: int,
+    cursor: str | None,
+) -> BackupList:
+    query = _with_disks().order_by(Backup.created_at.desc(), Backup.id.desc()).limit(limit + 1)
+    for column, value in filters.items():
+        if value is not None:
+            query = query.where(getattr(Backup, column) == value)
+    if cursor is not None:
+        created_at, backup_id = decode_cursor(cursor)
+        query = query.where(
+            (Backup.created_at < created_at)
+            | ((Backup.created_at == created_at) & (Backup.id < backup_id))
+        )
+    rows = list((await session.scalars(query)).all())
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
+    return BackupList(items=[backup_out(b) for b in page], next_cursor=next_cursor)
+
+
+async def request_finish(session: AsyncSession, backup_id: uuid.UUID) -> Backup:
+    backup = await get_backup(session, backup_id)
+    if backup.mode != "pull" or backup.status != BackupStatus.READY or backup.end_action:
+        raise InvalidState(
+            f"backup {backup_id} is a {backup.mode} backup in {backup.status.value}: "
+            "only a pull backup in ready can be finished"
+        )
+    await _set_end_action(session, backup, "finish")
+    return backup
+
+
+async def request_cancel(session: AsyncSession, backup_id: uuid.UUID) -> Backup:
+    backup = await get_backup(session, backup_id)
+    if backup.status in TERMINAL_STATUSES:
+        raise InvalidState(f"backup {backup_id} has ended: {backup.status.value}")
+    if backup.status == BackupStatus.QUEUED:
+        cancelled = await session.execute(
+            update(Backup)
+            .where(Backup.id == backup_id, Backup.status == BackupStatus.QUEUED)
+            .values(status=BackupStatus.CANCELLED, finished_at=utcnow(), end_action="cancel")
+        )
+        if cancelled.rowcount == 1:  # type: ignore[attr-defined]
+            session.add(
+                BackupEvent(backup_id=backup_id, status="cancelled", previous_status="queued")
+            )
+            await session.flush()
+            await session.refresh(backup)
+            return backup
+        # A worker claimed it meanwhile: ask that worker to abort instead.
+    await _set_end_action(session, backup, "cancel")
+    return backup
+
+
+async def _set_end_action(session: AsyncSession, backup: Backup, action: str) -> None:
+    await session.execute(
+        update(Backup)
+        .where(Backup.id == backup.id, Backup.end_action.is_(None))
+        .values(end_action=action)
+    )
+    await session.flush()
+    await session.refresh(backup)

@@ -1,0 +1,449 @@
+"""Runs one backup: begins the libvirt job (once), follows it to its end, and
+writes the outcome. Only what the service itself did decides how a pull ends:
+libvirt reports an aborted pull as completed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import subprocess
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import selectinload
+
+from app.backups.planner import nbd_uri
+from app.db.base import utcnow
+from app.db.models import Backup, BackupDisk, BackupStatus, Checkpoint
+from app.db.session import Database
+from app.errors import AppError, DomainNotFound
+from app.hypervisor import (
+    BackupSpec,
+    BackupState,
+    CheckpointDiskSpec,
+    CheckpointSpec,
+    DiskBackupSpec,
+    Hypervisor,
+    JobCompleted,
+    JobStats,
+    NbdServerSpec,
+)
+from app.worker.transitions import LeaseLost, record_progress, transition
+
+log = logging.getLogger(__name__)
+S = BackupStatus
+
+
+@dataclass
+class JobSignal:
+    """Set from hypervisor events: wakes the follower at once instead of a poll."""
+
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    domain_stopped: bool = False
+    completed: JobCompleted | None = None
+
+
+def backup_spec(backup: Backup) -> BackupSpec:
+    server = None
+    if backup.server is not None:
+        server = NbdServerSpec(
+            transport=backup.server["transport"],
+            socket=backup.server.get("socket"),
+            name=backup.server.get("name"),
+            port=backup.server.get("port"),
+            tls=bool(backup.server.get("tls")),
+        )
+    disks = tuple(
+        DiskBackupSpec(
+            name=d.name,
+            backup=d.backup,
+            backupmode=d.backupmode if d.backupmode in ("full", "incremental") else None,  # type: ignore[arg-type]
+            type="block" if d.type == "block" else "file",
+            target=d.target,
+            driver=d.format,
+            scratch=d.scratch,
+        )
+        for d in backup.disks
+    )
+    return BackupSpec(mode=backup.mode, disks=disks, incremental=backup.incremental, server=server)  # type: ignore[arg-type]
+
+
+def checkpoint_spec(backup: Backup, bitmap_disks: set[str]) -> CheckpointSpec | None:
+    if backup.checkpoint is None:
+        return None
+    return CheckpointSpec(
+        name=backup.checkpoint,
+        description=backup.checkpoint_description,
+        disks=tuple(
+            CheckpointDiskSpec(d.name, "bitmap" if d.backup and d.name in bitmap_disks else "no")
+            for d in backup.disks
+        ),
+    )
+
+
+def _allocated_bytes(path: str | None) -> int | None:
+    try:
+        return os.stat(path).st_blocks * 512 if path else None
+    except OSError:
+        return None  # not visible from here (a remote host's file)
+
+
+async def _wait_released(image: str, timeout: float = 30.0) -> None:
+    """libvirt reports a push complete 10-20 ms before QEMU closes the target:
+    wait until its image lock is released (`qemu-img info` without -U opens)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        probe = await asyncio.create_subprocess_exec(
+            "qemu-img",
+            "info",
+            image,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        if await probe.wait() == 0 or loop.time() > deadline:
+            return
+        await asyncio.sleep(0.02)
+
+
+class BackupRunner:
+    def __init__(
+        self,
+        database: Database,
+        hypervisor: Hypervisor,
+        backup_id: object,
+        epoch: int,
+        signal: JobSignal,
+        poll_seconds: float,
+    ) -> None:
+        self.database = database
+        self.hypervisor = hypervisor
+        self.backup_id = backup_id
+        self.epoch = epoch
+        self.signal = signal
+        self.poll_seconds = poll_seconds
+        self._aborted = False
+
+    async def _load(self) -> Backup:
+        async with self.database.session_scope() as session:
+            query = select(Backup).options(selectinload(Backup.disks))
+            backup = (await session.scalars(query.where(Backup.id == self.backup_id))).one()
+        return backup
+
+    async def _move(self, expected: S | list[S], to: S, **values: object) -> None:
+        await transition(self.database, self.backup_id, self.epoch, expected, to, **values)  # type: ignore[arg-type]
+
+    async def run(self) -> None:
+        backup = await self._load()
+        try:
+            if backup.status == S.STARTING:
+                backup = await self._start(backup)
+            if not backup.status.terminal:
+                await self._follow(backup)
+        except LeaseLost as lost:
+            log.info("%s", lost)
+        except AppError as error:
+            await self._fail_now(error.code, error.detail)
+
+    async def _fail_now(self, code: str, message: str) -> None:
+        backup = await self._load()
+        if backup.status.terminal:
+            return
+        await self._discard_checkpoint(backup)
+        with contextlib.suppress(LeaseLost):
+            await asyncio.shield(
+                self._move(backup.status, S.FAILED, error_code=code, error_message=message)
+            )
+
+    # -- starting -------------------------------------------------------------
+
+    async def _start(self, backup: Backup) -> Backup:
+        if backup.end_action == "cancel":
+            await self._move(S.STARTING, S.CANCELLED, message="cancelled before it started")
+            return await self._load()
+        if await self._already_begun(backup):
+            log.info("backup %s: job found in libvirt, not starting another", backup.id)
+        else:
+            self._prepare_directories(backup)
+            domain = await self.hypervisor.get_domain(backup.domain_uuid)
+            bitmaps = {d.name for d in domain.disks if d.checkpoint_capable}
+            await self.hypervisor.backup_begin(
+                backup.domain_uuid,
+                backup_spec(backup),
+                checkpoint_spec(backup, bitmaps),
+                reuse_external=backup.reuse_external,
+                quiesce=backup.quiesce,
+            )
+        await self._record_actual_values(backup)
+        if backup.mode == "pull":
+            expires = utcnow() + timedelta(seconds=backup.ttl_seconds or 0)
+            await self._move(S.STARTING, S.READY, expires_at=expires)
+        else:
+            await self._move(S.STARTING, S.RUNNING)
+        return await self._load()
+
+    async def _already_begun(self, backup: Backup) -> bool:
+        """After a crash in `starting`: did our backupBegin reach libvirt?"""
+        if (await self.hypervisor.job_stats(backup.domain_uuid)).active:
+            return True
+        if backup.checkpoint is not None:
+            names = {cp.name for cp in await self.hypervisor.list_checkpoints(backup.domain_uuid)}
+            if backup.checkpoint in names:
+                return True
+        return backup.mode == "push" and any(
+            d.target and Path(d.target).exists() for d in backup.disks if d.backup
+        )
+
+    def _prepare_directories(self, backup: Backup) -> None:
+        for disk in backup.disks:
+            for path in (disk.target, disk.scratch):
+                if disk.backup and path and disk.type == "file":
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if backup.server and backup.server.get("socket"):
+            Path(backup.server["socket"]).parent.mkdir(parents=True, exist_ok=True)
+
+    async def _record_actual_values(self, backup: Backup) -> None:
+        found = await self.hypervisor.backup_state(backup.domain_uuid)
+        if found is None:
+            return  # a push that finished at once: its planned values stand
+        xml, state = found
+        async with self.database.session_scope() as session:
+            await session.execute(
+                update(Backup)
+                .where(Backup.id == backup.id, Backup.lease_epoch == self.epoch)
+                .values(libvirt_xml=xml)
+            )
+            for disk in state.disks:
+                await session.execute(
+                    update(BackupDisk)
+                    .where(BackupDisk.backup_id == backup.id, BackupDisk.name == disk.name)
+                    .values(**self._disk_values(backup, state, disk.name))
+                )
+
+    @staticmethod
+    def _disk_values(backup: Backup, state: BackupState, name: str) -> dict[str, object]:
+        disk = next(d for d in state.disks if d.name == name)
+        values: dict[str, object] = {"export_name": disk.export_name}
+        values["export_bitmap"] = disk.export_bitmap
+        if disk.target:
+            values["target"] = disk.target
+        if disk.scratch:
+            values["scratch"] = disk.scratch
+        if disk.export_name and backup.server is not None:
+            values["nbd_uri"] = nbd_uri(backup.server, disk.export_name)
+        return values
+
+    # -- following ------------------------------------------------------------
+
+    async def _follow(self, backup: Backup) -> None:
+        last_progress: dict[str, int | None] | None = None
+        while True:
+            backup = await self._load()
+            if backup.status.terminal:
+                return
+            await self._act_on_requests(backup)
+            stats = await self._stats(backup)
+            if stats is None or not stats.active:
+                await self._complete(await self._load(), domain_gone=stats is None)
+                return
+            progress = self._progress(backup, stats)
+            if progress != last_progress:
+                await record_progress(self.database, backup.id, self.epoch, backup.status, progress)
+                last_progress = progress
+            self.signal.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.signal.wake.wait(), self._wait_seconds(backup))
+
+    def _wait_seconds(self, backup: Backup) -> float:
+        if backup.expires_at is not None and backup.status == S.READY:
+            remaining = (backup.expires_at - utcnow()).total_seconds()
+            return max(0.0, min(self.poll_seconds, remaining))
+        return self.poll_seconds
+
+    async def _stats(self, backup: Backup) -> JobStats | None:
+        """None when the domain is gone or stopped: its job went with it."""
+        if self.signal.domain_stopped:
+            return None
+        try:
+            domain = await self.hypervisor.get_domain(backup.domain_uuid)
+        except DomainNotFound:
+            return None
+        if not domain.active:
+            return None
+        return await self.hypervisor.job_stats(backup.domain_uuid)
+
+    @staticmethod
+    def _progress(backup: Backup, stats: JobStats) -> dict[str, int | None]:
+        return {
+            "bytes_total": stats.disk_total,
+            "bytes_processed": stats.disk_processed,
+            "temp_used": stats.disk_temp_used,
+            "temp_total": stats.disk_temp_total,
+        }
+
+    async def _act_on_requests(self, backup: Backup) -> None:
+        if self._aborted:
+            return
+        expired = backup.expires_at is not None and utcnow() >= backup.expires_at
+        if backup.status == S.READY and backup.end_action == "finish":
+            await self._move(S.READY, S.FINISHING)
+        elif backup.status == S.READY and expired and backup.end_action is None:
+            await self._set_end_action(backup, "ttl")
+        elif backup.end_action != "cancel":
+            return
+        self._aborted = True
+        with contextlib.suppress(AppError):  # already ended: completion tells the rest
+            await self.hypervisor.abort_job(backup.domain_uuid)
+
+    async def _set_end_action(self, backup: Backup, action: str) -> None:
+        async with self.database.session_scope() as session:
+            await session.execute(
+                update(Backup)
+                .where(Backup.id == backup.id, Backup.end_action.is_(None))
+                .values(end_action=action)
+            )
+
+    # -- completing -----------------------------------------------------------
+
+    async def _complete(self, backup: Backup, *, domain_gone: bool) -> None:
+        outcome, code, message = await self._outcome(backup, domain_gone)
+        if outcome == S.SUCCEEDED:
+            await self._keep_results(backup)
+        else:
+            await self._discard_checkpoint(backup)
+        await asyncio.shield(
+            self._move(
+                backup.status,
+                outcome,
+                error_code=code,
+                error_message=message,
+                message=message,
+            )
+        )
+
+    async def _outcome(self, backup: Backup, domain_gone: bool) -> tuple[S, str | None, str | None]:
+        action = backup.end_action
+        if action == "cancel":
+            return S.CANCELLED, None, None
+        if action == "ttl":
+            return S.CANCELLED, "ttl-expired", f"not finished within {backup.ttl_seconds} s"
+        if domain_gone:
+            return S.FAILED, "domain-not-running", "the domain stopped or vanished during the job"
+        if action == "finish":
+            return S.SUCCEEDED, None, None
+        stats = await self.hypervisor.job_stats(backup.domain_uuid, completed=True)
+        event = self.signal.completed
+        success = event.success if event and event.success is not None else stats.success
+        errmsg = (event.errmsg if event else None) or stats.errmsg
+        if backup.mode == "push" and success:
+            return S.SUCCEEDED, None, None
+        reason = errmsg or f"the libvirt job ended without success ({stats})"
+        if backup.mode == "pull":
+            reason = errmsg or "the export ended without /finish"
+        return S.FAILED, "libvirt-error", reason
+
+    async def _discard_checkpoint(self, backup: Backup) -> None:
+        """A checkpoint whose backup did not succeed must not be a base later."""
+        if backup.checkpoint is None:
+            return
+        with contextlib.suppress(AppError):
+            await self.hypervisor.delete_checkpoint(backup.domain_uuid, backup.checkpoint)
+
+    async def _keep_results(self, backup: Backup) -> None:
+        if backup.mode == "push":
+            for disk in backup.disks:
+                if disk.backup and disk.target and Path(disk.target).exists():
+                    await _wait_released(disk.target)
+        if backup.mode == "push" and backup.incremental:
+            await self._rebase_onto_previous(backup)
+        async with self.database.session_scope() as session:
+            for disk in backup.disks:
+                if disk.backup and disk.target:
+                    await session.execute(
+                        update(BackupDisk)
+                        .where(BackupDisk.backup_id == backup.id, BackupDisk.name == disk.name)
+                        .values(bytes=_allocated_bytes(disk.target))
+                    )
+        if backup.checkpoint is not None:
+            await self._record_checkpoint(backup)
+
+    async def _record_checkpoint(self, backup: Backup) -> None:
+        found = [
+            cp
+            for cp in await self.hypervisor.list_checkpoints(backup.domain_uuid)
+            if cp.name == backup.checkpoint
+        ]
+        if not found:
+            return
+        info = found[0]
+        async with self.database.session_scope() as session:
+            session.add(
+                Checkpoint(
+                    host=backup.host,
+                    domain_uuid=backup.domain_uuid,
+                    name=info.name,
+                    parent=info.parent,
+                    created_at=info.created_at,
+                    description=info.description,
+                    disks=[
+                        {"name": d.name, "checkpoint": d.checkpoint, "bitmap": d.bitmap}
+                        for d in info.disks
+                    ],
+                    xml=info.xml,
+                    backup_id=backup.id,
+                    state="ok",
+                    in_libvirt=True,
+                )
+            )
+
+    async def _rebase_onto_previous(self, backup: Backup) -> None:
+        """libvirt makes an incremental's qcow2 with the live disk as backing;
+        re-point it at the previous backup's file so the chain opens alone."""
+        async with self.database.session_scope() as session:
+            base_backup_id = await session.scalar(
+                select(Checkpoint.backup_id).where(
+                    Checkpoint.host == backup.host,
+                    Checkpoint.domain_uuid == backup.domain_uuid,
+                    Checkpoint.name == backup.incremental,
+                )
+            )
+            previous = {
+                d.name: d
+                for d in await session.scalars(
+                    select(BackupDisk).where(BackupDisk.backup_id == base_backup_id)
+                )
+            }
+        for disk in backup.disks:
+            before = previous.get(disk.name)
+            if not (disk.backup and disk.target and before and before.target):
+                continue
+            if disk.backupmode != "incremental":
+                continue
+            await asyncio.to_thread(
+                subprocess.run,
+                [
+                    "qemu-img",
+                    "rebase",
+                    "-u",
+                    "-f",
+                    "qcow2",
+                    "-b",
+                    before.target,
+                    "-F",
+                    before.format or "qcow2",
+                    disk.target,
+                ],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
+            async with self.database.session_scope() as session:
+                await session.execute(
+                    update(BackupDisk)
+                    .where(BackupDisk.backup_id == backup.id, BackupDisk.name == disk.name)
+                    .values(backing_file=before.target)
+                )
