@@ -27,5 +27,8 @@ def ensure_event_loop() -> None:
         if _thread is not None:
             return
         libvirt.virEventRegisterDefaultImpl()
+        # Errors reach us as exceptions; libvirt's default handler would also
+        # print each one to stderr, expected ones (a finished job) included.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         _thread = threading.Thread(target=_run_forever, name="libvirt-events", daemon=True)
         _thread.start()

@@ -1,0 +1,243 @@
+"""Orchestration overhead: a push full backup through the API against the same backup done
+by direct libvirt-python calls, side by side in one run (DESIGN.md, "Performance").
+
+(a) API:    POST /v1/hosts/local/domains/{name}/backups {"kind": "full", "checkpoint": false},
+            then GET /v1/backups/{id} every 10 ms until `succeeded`.
+(b) direct: dom.backupBegin(<domainbackup> with a qcow2 push target) and wait for
+            VIR_DOMAIN_EVENT_ID_JOB_COMPLETED.
+
+The two alternate (the one that goes first alternates too) on one paused throw-away domain;
+produced files are deleted after each run. A second, tiny domain measures the added latency.
+Not a test: it prints figures and exits 0.
+
+    cd /work/main && .venv/bin/python bench/orchestration.py [--pairs 5] [--data-mib 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import libvirt  # noqa: E402
+
+from app.db.migrate import upgrade_to_head  # noqa: E402
+from app.libvirt.events import ensure_event_loop  # noqa: E402
+from app.main import create_app  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from tests.support.vms import (  # noqa: E402
+    JobCompleted,
+    TestVM,
+    create_vm,
+    destroy_vm,
+    domain,
+    wait_released,
+    write_pattern,
+)
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+CHUNK = 64 * MiB
+POLL = 0.010
+TIMEOUT = 900.0
+FAILED = {"failed", "cancelled", "expired"}
+
+
+@dataclass
+class Case:
+    label: str
+    vm: TestVM
+    pairs: int
+    a: list[float]
+    b: list[float]
+
+
+def fill(conn: libvirt.virConnect, vm: TestVM, data: int) -> float:
+    """Write `data` bytes at the start of vda through QEMU; return seconds taken."""
+    start = time.monotonic()
+    for offset in range(0, data, CHUNK):
+        write_pattern(conn, vm, "vda", offset, min(CHUNK, data - offset), 0x5A)
+    return time.monotonic() - start
+
+
+def direct_backup(conn: libvirt.virConnect, vm: TestVM, target: Path) -> float:
+    """(b): backupBegin with a push target, until JOB_COMPLETED. Seconds taken."""
+    dom = domain(conn, vm)
+    xml = (
+        "<domainbackup><disks><disk name='vda' type='file'>"
+        f"<target file={quoteattr(str(target))}/><driver type='qcow2'/>"
+        "</disk></disks></domainbackup>"
+    )
+    with JobCompleted(conn, dom) as job:
+        start = time.monotonic()
+        dom.backupBegin(xml, None)
+        job.wait(TIMEOUT)
+        elapsed = time.monotonic() - start
+    wait_released(target)  # outside the timing: QEMU detaches the target just after
+    return elapsed
+
+
+async def api_backup(
+    client: httpx.AsyncClient, settings: Settings, vm: TestVM
+) -> tuple[float, Path]:
+    """(a): POST, then GET every 10 ms until succeeded. Seconds taken, and the backup's dir."""
+    start = time.monotonic()
+    response = await client.post(
+        f"/v1/hosts/local/domains/{vm.name}/backups", json={"kind": "full", "checkpoint": False}
+    )
+    response.raise_for_status()
+    backup_id = response.json()["id"]
+    while True:
+        got = await client.get(f"/v1/backups/{backup_id}")
+        got.raise_for_status()
+        body = got.json()
+        if body["status"] == "succeeded":
+            elapsed = time.monotonic() - start
+            break
+        if body["status"] in FAILED:
+            raise RuntimeError(f"backup {backup_id} {body['status']}: {body['error']}")
+        if time.monotonic() - start > TIMEOUT:
+            raise TimeoutError(f"backup {backup_id} still {body['status']}")
+        await asyncio.sleep(POLL)
+    backup_dir = settings.backups_dir / vm.uuid / str(backup_id)
+    for disk in body["disks"]:
+        target = disk.get("target")
+        if target and Path(target).exists():
+            await asyncio.to_thread(wait_released, Path(target))
+    return elapsed, backup_dir
+
+
+async def run_case(
+    case: Case, client: httpx.AsyncClient, settings: Settings, conn: libvirt.virConnect, tmp: Path
+) -> None:
+    direct_dir = tmp / "direct"
+    direct_dir.mkdir(exist_ok=True)
+
+    async def run_a() -> None:
+        elapsed, backup_dir = await api_backup(client, settings, case.vm)
+        shutil.rmtree(backup_dir, ignore_errors=True)
+        await asyncio.to_thread(os.sync)  # no writeback of this run left for the next one
+        case.a.append(elapsed)
+
+    async def run_b() -> None:
+        target = direct_dir / f"{case.vm.name}-{len(case.b)}.qcow2"
+        elapsed = await asyncio.to_thread(direct_backup, conn, case.vm, target)
+        target.unlink(missing_ok=True)
+        await asyncio.to_thread(os.sync)
+        case.b.append(elapsed)
+
+    for i in range(case.pairs):
+        order: list[Callable[[], Awaitable[None]]] = (
+            [run_a, run_b] if i % 2 == 0 else [run_b, run_a]
+        )
+        for run in order:
+            await run()
+
+
+async def measure(
+    settings: Settings, conn: libvirt.virConnect, tmp: Path, cases: list[Case]
+) -> None:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://b") as client:
+            # One untimed warm-up of each kind on the tiny domain (imports, first connection).
+            warm = Case("warm-up", cases[-1].vm, 1, [], [])
+            await run_case(warm, client, settings, conn, tmp)
+            for case in cases:
+                await run_case(case, client, settings, conn, tmp)
+
+
+def report(big: Case, tiny: Case, args: argparse.Namespace) -> None:
+    print(f"\n== full backup, {args.disk_gib} GiB qcow2 disk, {args.data_mib} MiB written ==")
+    print(f"{'pair':>4}  {'(a) API s':>10}  {'(b) direct s':>12}  {'a/b':>6}  {'a-b ms':>8}")
+    for i, (a, b) in enumerate(zip(big.a, big.b, strict=True), 1):
+        print(f"{i:>4}  {a:>10.3f}  {b:>12.3f}  {a / b:>6.2f}  {(a - b) * 1000:>8.1f}")
+    ratios = [a / b for a, b in zip(big.a, big.b, strict=True)]
+    print(f"median (a)/(b) ratio: {statistics.median(ratios):.2f}")
+    print(
+        f"median (a) {statistics.median(big.a):.3f} s, median (b) {statistics.median(big.b):.3f} s"
+    )
+
+    print(f"\n== tiny backup, 64 MiB disk, 1 MiB written, {tiny.pairs} pairs ==")
+    deltas = [(a - b) * 1000 for a, b in zip(tiny.a, tiny.b, strict=True)]
+    tiny_ratio = statistics.median(a / b for a, b in zip(tiny.a, tiny.b, strict=True))
+    print("(a) API ms:    " + " ".join(f"{a * 1000:.0f}" for a in tiny.a))
+    print("(b) direct ms: " + " ".join(f"{b * 1000:.0f}" for b in tiny.b))
+    print(
+        f"median added latency (a)-(b): {statistics.median(deltas):.1f} ms "
+        f"(min {min(deltas):.1f}, max {max(deltas):.1f}); "
+        f"median (a)/(b) ratio {tiny_ratio:.2f}"
+    )
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=5, help="API/direct pairs, large disk")
+    parser.add_argument("--disk-gib", type=int, default=4, help="virtual size of the large disk")
+    parser.add_argument("--data-mib", type=int, default=1024, help="data written to it")
+    parser.add_argument("--tiny-pairs", type=int, default=10, help="pairs on the 64 MiB disk")
+    parser.add_argument("--poll-seconds", type=float, default=1.0, help="service job-stats poll")
+    args = parser.parse_args()
+    if args.pairs < 1 or args.tiny_pairs < 1 or args.data_mib < 1:
+        parser.error("--pairs, --tiny-pairs and --data-mib must be >= 1")
+    if args.data_mib * MiB > args.disk_gib * GiB:
+        parser.error("--data-mib exceeds --disk-gib")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="vmbackup-bench-"))
+    settings = Settings(
+        data_dir=tmp,
+        database_url=f"sqlite+aiosqlite:///{tmp}/vmbackup.db",
+        socket_root=tmp / "run",
+        poll_seconds=args.poll_seconds,
+        log_level="warning",
+    )
+    upgrade_to_head(settings.effective_database_url)
+    ensure_event_loop()  # before our own connection: one libvirt event loop per process
+    conn = libvirt.open(settings.libvirt_uri)
+    vms: list[TestVM] = []
+    try:
+        big_vm = create_vm(conn, workdir=tmp / "vms", disks={"vda": args.disk_gib * GiB})
+        vms.append(big_vm)
+        tiny_vm = create_vm(conn, workdir=tmp / "vms", disks={"vda": 64 * MiB})
+        vms.append(tiny_vm)
+        took = fill(conn, big_vm, args.data_mib * MiB)
+        print(f"wrote {args.data_mib} MiB into {big_vm.name} in {took:.1f} s (qemu-io)")
+        fill(conn, tiny_vm, MiB)
+        for vm in vms:
+            domain(conn, vm).suspend()  # the guest sits still during the measurements
+        big = Case("large", big_vm, args.pairs, [], [])
+        tiny = Case("tiny", tiny_vm, args.tiny_pairs, [], [])
+        asyncio.run(measure(settings, conn, tmp, [big, tiny]))
+        report(big, tiny, args)
+    finally:
+        for vm in vms:
+            try:
+                destroy_vm(conn, vm)
+            except Exception as e:  # keep cleaning up
+                print(f"cleanup: {e}", file=sys.stderr)
+        conn.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
