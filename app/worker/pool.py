@@ -115,9 +115,14 @@ class WorkerPool:
             )
             if updated.first() is None:
                 session.add(Worker(holder=self.holder, started_at=now, heartbeat_at=now))
+            # Only runs still followed here: a dead runner's lease must expire.
             await session.execute(
                 update(Backup)
-                .where(Backup.lease_holder == self.holder, Backup.status.in_(ACTIVE_STATUSES))
+                .where(
+                    Backup.lease_holder == self.holder,
+                    Backup.status.in_(ACTIVE_STATUSES),
+                    Backup.id.in_(list(self._runs)),
+                )
                 .values(lease_expires_at=now + self.lease)
             )
             await session.execute(delete(Worker).where(Worker.heartbeat_at < now - 10 * self.lease))

@@ -148,6 +148,10 @@ class BackupRunner:
             log.info("%s", lost)
         except AppError as error:
             await self._fail_now(error.code, error.detail)
+        except Exception as error:
+            # Say so in the backup rather than leave it stalled in an active state.
+            log.exception("backup %s: unexpected error", self.backup_id)
+            await self._fail_now("internal-error", f"{type(error).__name__}: {error}")
 
     async def _fail_now(self, code: str, message: str) -> None:
         backup = await self._load()
