@@ -11,6 +11,7 @@ import libvirt
 import pytest
 
 from app.settings import Settings
+from tests.integration.test_backups import wait_for
 from tests.support.vms import TestVM
 
 pytestmark = pytest.mark.libvirt
@@ -128,8 +129,9 @@ async def test_the_same_idempotency_key_replays_and_another_body_conflicts(
 async def test_listing_pages_newest_first_with_filters(
     client: httpx.AsyncClient, vm: TestVM
 ) -> None:
-    ids = []
-    for _ in range(3):
+    ids = [(await _post(client, vm, {"mode": "pull"})).json()["id"]]
+    await wait_for(client, ids[0], {"ready"})  # the next two then wait queued behind it
+    for _ in range(2):
         ids.append((await _post(client, vm, {"mode": "pull"})).json()["id"])
     for backup_id in ids[1:]:
         await client.post(f"/v1/backups/{backup_id}/cancel")
