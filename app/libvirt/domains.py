@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 
 import libvirt
 
@@ -75,25 +74,15 @@ def list_all(conn: libvirt.virConnect) -> list[DomainInfo]:
     return sorted(found, key=lambda info: info.name)
 
 
-def _checkpoint_info(dom: libvirt.virDomain, cp: libvirt.virDomainCheckpoint) -> CheckpointInfo:
-    info = xml.parse_checkpoint_xml(cp.getXMLDesc(0))
-    if not dom.isActive():
-        return info
-    # Sizes need a running domain and come from a second, domain-less document.
-    sized = xml.parse_checkpoint_xml(
-        cp.getXMLDesc(
-            libvirt.VIR_DOMAIN_CHECKPOINT_XML_SIZE | libvirt.VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN
-        )
-    )
-    sizes = {disk.name: disk.size_bytes for disk in sized.disks}
-    return replace(
-        info, disks=tuple(replace(disk, size_bytes=sizes.get(disk.name)) for disk in info.disks)
-    )
+def _checkpoint_info(cp: libvirt.virDomainCheckpoint) -> CheckpointInfo:
+    # No VIR_DOMAIN_CHECKPOINT_XML_SIZE here: it needs a domain job, so it
+    # clashes with (or waits behind) a running backup job.
+    return xml.parse_checkpoint_xml(cp.getXMLDesc(0))
 
 
 def list_checkpoints(dom: libvirt.virDomain) -> list[CheckpointInfo]:
     return [
-        _checkpoint_info(dom, cp)
+        _checkpoint_info(cp)
         for cp in dom.listAllCheckpoints(libvirt.VIR_DOMAIN_CHECKPOINT_LIST_TOPOLOGICAL)
     ]
 
@@ -103,7 +92,7 @@ def create_checkpoint(
 ) -> CheckpointInfo:
     flags = libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_QUIESCE if quiesce else 0
     cp = dom.checkpointCreateXML(xml.build_checkpoint_xml(checkpoint), flags)
-    return _checkpoint_info(dom, cp)
+    return _checkpoint_info(cp)
 
 
 def redefine_checkpoint(dom: libvirt.virDomain, *, xml: str) -> None:
