@@ -208,6 +208,10 @@ class Hypervisor(Protocol):
         """`ref` is a name or a UUID."""
         ...
 
+    async def is_active(self, domain_uuid: str) -> bool:
+        """Running or paused: one cheap call, for the job follower's every tick."""
+        ...
+
     async def backup_begin(
         self,
         domain_uuid: str,
@@ -228,6 +232,8 @@ class Hypervisor(Protocol):
     async def abort_job(self, domain_uuid: str) -> None: ...
 
     async def list_checkpoints(self, domain_uuid: str) -> list[CheckpointInfo]: ...
+
+    async def get_checkpoint(self, domain_uuid: str, name: str) -> CheckpointInfo: ...
 
     async def create_checkpoint(
         self, domain_uuid: str, checkpoint: CheckpointSpec, *, quiesce: bool = False

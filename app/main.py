@@ -4,8 +4,8 @@ hosts and the worker pool, and closes them in reverse order."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -39,7 +39,9 @@ def libvirt_factory(settings: Settings) -> HypervisorFactory:
     return make
 
 
-def _lifespan(settings: Settings, factory: HypervisorFactory | None):  # type: ignore[no-untyped-def]
+def _lifespan(
+    settings: Settings, factory: HypervisorFactory | None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.tokens:

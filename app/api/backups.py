@@ -5,10 +5,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api import idempotency
 from app.api.deps import HostsDep, OperateDep, ReadDep, SessionDep, SettingsDep, StateDep
 from app.api.problems import problem_responses
+from app.api.state import AppState
 from app.backups import service
 from app.backups.schemas import BackupCreate, BackupList, BackupOut
 
@@ -19,7 +21,10 @@ StatusFilter = Literal[
 ]
 
 
-def _accepted(backup: BackupOut) -> JSONResponse:
+def _accepted(state: AppState, session: AsyncSession, backup: BackupOut) -> JSONResponse:
+    """202 with `Location`; the worker pool looks at it as soon as it is committed."""
+    if state.pool is not None:
+        state.pool.wake_after_commit(session)
     return JSONResponse(
         backup.model_dump(mode="json"),
         status_code=status.HTTP_202_ACCEPTED,
@@ -57,7 +62,7 @@ async def start_backup(
         session, hosts, settings, host=host, domain_ref=domain, body=body
     )
     out = service.backup_out(backup)
-    response = _accepted(out)
+    response = _accepted(state, session, out)
     if idempotency_key:
         await idempotency.remember(
             session,
@@ -68,8 +73,6 @@ async def start_backup(
             body=out.model_dump(mode="json"),
             location=response.headers["Location"],
         )
-    if state.pool is not None:
-        state.pool.wake_after_commit(session)
     return response
 
 
@@ -88,18 +91,8 @@ async def list_backups(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> BackupList:
-    filters: dict[str, object] = {"host": host, "status": status}
-    if domain is not None:
-        filters["domain_uuid" if _is_uuid(domain) else "domain_name"] = domain
+    filters = service.BackupFilters(host=host, domain=domain, status=status)
     return await service.list_backups(session, filters=filters, limit=limit, cursor=cursor)
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
 
 
 @router.get("/v1/backups/{backup_id}", responses=problem_responses(401, 403, 404, 422))
@@ -119,9 +112,7 @@ async def finish_backup(
     backup_id: uuid.UUID, _: OperateDep, session: SessionDep, state: StateDep
 ) -> JSONResponse:
     backup = await service.request_finish(session, backup_id)
-    if state.pool is not None:
-        state.pool.wake_after_commit(session)
-    return _accepted(service.backup_out(backup))
+    return _accepted(state, session, service.backup_out(backup))
 
 
 @router.post(
@@ -136,6 +127,4 @@ async def cancel_backup(
     backup_id: uuid.UUID, _: OperateDep, session: SessionDep, state: StateDep
 ) -> JSONResponse:
     backup = await service.request_cancel(session, backup_id)
-    if state.pool is not None:
-        state.pool.wake_after_commit(session)
-    return _accepted(service.backup_out(backup))
+    return _accepted(state, session, service.backup_out(backup))

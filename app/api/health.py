@@ -46,9 +46,7 @@ async def readyz(state: StateDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
         async with state.database.engine.connect() as connection:
-            checks["database"] = await _database_check(
-                connection, head_revision(state.database.url)
-            )
+            checks["database"] = await _database_check(connection, head_revision())
     except Exception as error:  # any failure to reach the database is "not ready"
         checks["database"] = f"unreachable: {type(error).__name__}: {error}"
     pool = state.pool

@@ -19,13 +19,16 @@ BACKUP_DEVICES = ("disk",)
 
 @dataclass(frozen=True)
 class DiskPlan:
+    """One disk's part in a backup; the fields of a `backup_disks` row."""
+
     name: str
     backup: bool
-    backupmode: str | None
-    type: str
-    format: str | None
-    target: str | None
-    scratch: str | None
+    backupmode: str | None = None
+    bitmap: bool = False
+    type: str = "file"
+    format: str | None = None
+    target: str | None = None
+    scratch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,14 +83,9 @@ def plan_disk(
     settings: Settings,
 ) -> DiskPlan:
     if not spec.backup:
-        return DiskPlan(spec.name, False, None, "file", None, None, None)
-    backupmode = spec.backupmode or ("incremental" if incremental else "full")
-    if backupmode == "incremental" and not disk.checkpoint_capable:
-        if spec.backupmode == "incremental":
-            raise InvalidRequest(f"disk {spec.name} cannot hold a checkpoint bitmap")
-        backupmode = "full"
-    if not incremental:
-        backupmode = "full" if spec.backupmode is None else backupmode
+        return DiskPlan(spec.name, backup=False)
+    backupmode = _backupmode(spec, disk, incremental)
+    bitmap = disk.checkpoint_capable
     storage_type = _storage_type(spec)
     if request.mode == "pull":
         scratch = (
@@ -95,7 +93,7 @@ def plan_disk(
             if spec.scratch
             else settings.scratch_dir / f"{backup_id}.{spec.name}.scratch"
         )
-        return DiskPlan(spec.name, True, backupmode, storage_type, None, None, str(scratch))
+        return DiskPlan(spec.name, True, backupmode, bitmap, storage_type, scratch=str(scratch))
     fmt = spec.driver or "qcow2"
     if backupmode == "incremental" and fmt != "qcow2":
         raise InvalidRequest(f"disk {spec.name}: an incremental push backup writes qcow2")
@@ -104,7 +102,19 @@ def plan_disk(
         if spec.target
         else settings.backups_dir / domain_uuid / str(backup_id) / f"{spec.name}.{fmt}"
     )
-    return DiskPlan(spec.name, True, backupmode, storage_type, fmt, str(target), None)
+    return DiskPlan(spec.name, True, backupmode, bitmap, storage_type, fmt, target=str(target))
+
+
+def _backupmode(spec: DiskSpecIn, disk: DiskInfo, incremental: bool) -> str:
+    """A disk follows the backup's kind unless it says otherwise; a disk with no
+    bitmap is copied in full even in an incremental backup."""
+    if spec.backupmode == "incremental" and not incremental:
+        raise InvalidRequest(f"disk {spec.name}: backupmode 'incremental' needs a base")
+    if spec.backupmode == "incremental" and not disk.checkpoint_capable:
+        raise InvalidRequest(f"disk {spec.name} cannot hold a checkpoint bitmap")
+    if spec.backupmode is not None:
+        return spec.backupmode
+    return "incremental" if incremental and disk.checkpoint_capable else "full"
 
 
 def check_reuse_external(request: BackupCreate, disks: list[DiskPlan]) -> None:

@@ -10,8 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.names import Name
 
-Path_ = str  # an absolute path; confined to the host's roots by the planner
-
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -20,8 +18,8 @@ class StrictModel(BaseModel):
 class Storage(StrictModel):
     """`{"file": path}` or `{"dev": path}`, as in libvirt's `<target>`/`<scratch>`."""
 
-    file: Path_ | None = Field(default=None, max_length=4096)
-    dev: Path_ | None = Field(default=None, max_length=4096)
+    file: str | None = Field(default=None, max_length=4096)
+    dev: str | None = Field(default=None, max_length=4096)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
@@ -55,7 +53,7 @@ class DiskSpecIn(StrictModel):
 
 class ServerIn(StrictModel):
     transport: Literal["unix", "tcp"] = "unix"
-    socket: Path_ | None = Field(default=None, max_length=108)
+    socket: str | None = Field(default=None, max_length=108)
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.:_-]{1,253}$")
     port: int | None = Field(default=None, ge=1, le=65535)
     tls: bool = False

@@ -7,10 +7,10 @@ import base64
 import binascii
 import json
 import uuid
+from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -114,19 +114,7 @@ def _disk_rows(
     if not any(plan.backup for plan in plans):
         raise InvalidRequest(f"no disk of {domain.name} would be backed up")
     planner.check_reuse_external(body, plans)
-    return [
-        BackupDisk(
-            name=p.name,
-            position=i,
-            backup=p.backup,
-            backupmode=p.backupmode,
-            type=p.type,
-            format=p.format,
-            target=p.target,
-            scratch=p.scratch,
-        )
-        for i, p in enumerate(plans)
-    ]
+    return [BackupDisk(position=i, **asdict(plan)) for i, plan in enumerate(plans)]
 
 
 async def create_backup(
@@ -154,7 +142,8 @@ async def create_backup(
     )
     backup_id, now = uuid.uuid4(), utcnow()
     checkpoint = _checkpoint_request(body)
-    has_bitmaps = any(disk.checkpoint_capable for disk in domain.disks)
+    disks = _disk_rows(body, domain, backup_id, base.checkpoint is not None, settings)
+    has_bitmaps = any(disk.backup and disk.bitmap for disk in disks)
     backup = Backup(
         id=backup_id,
         host=host,
@@ -181,7 +170,7 @@ async def create_backup(
         if body.mode == "pull"
         else None,
         created_at=now,
-        disks=_disk_rows(body, domain, backup_id, base.checkpoint is not None, settings),
+        disks=disks,
     )
     session.add(backup)
     session.add(BackupEvent(backup_id=backup_id, status="queued", at=now))
@@ -214,17 +203,29 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise InvalidRequest("cursor: not a cursor this service gave out") from error
 
 
+@dataclass(frozen=True)
+class BackupFilters:
+    host: str | None = None
+    domain: str | None = None  # a name or a UUID
+    status: str | None = None
+
+    def apply(self, query: Select[Backup]) -> Select[Backup]:
+        if self.host is not None:
+            query = query.where(Backup.host == self.host)
+        if self.status is not None:
+            query = query.where(Backup.status == self.status)
+        if self.domain is not None:
+            query = query.where(
+                or_(Backup.domain_uuid == self.domain, Backup.domain_name == self.domain)
+            )
+        return query
+
+
 async def list_backups(
-    session: AsyncSession,
-    *,
-    filters: dict[str, Any],
-    limit: int,
-    cursor: str | None,
+    session: AsyncSession, *, filters: BackupFilters, limit: int, cursor: str | None
 ) -> BackupList:
     query = _with_disks().order_by(Backup.created_at.desc(), Backup.id.desc()).limit(limit + 1)
-    for column, value in filters.items():
-        if value is not None:
-            query = query.where(getattr(Backup, column) == value)
+    query = filters.apply(query)
     if cursor is not None:
         created_at, backup_id = decode_cursor(cursor)
         query = query.where(
@@ -257,8 +258,9 @@ async def request_cancel(session: AsyncSession, backup_id: uuid.UUID) -> Backup:
             update(Backup)
             .where(Backup.id == backup_id, Backup.status == BackupStatus.QUEUED)
             .values(status=BackupStatus.CANCELLED, finished_at=utcnow(), end_action="cancel")
+            .returning(Backup.id)
         )
-        if cancelled.rowcount == 1:  # type: ignore[attr-defined]
+        if cancelled.first() is not None:
             session.add(
                 BackupEvent(backup_id=backup_id, status="cancelled", previous_status="queued")
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from alembic import command
@@ -29,8 +30,10 @@ def upgrade_to_head(url: str) -> None:
     command.upgrade(alembic_config(url), "head")
 
 
-def head_revision(url: str) -> str | None:
-    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+@cache
+def head_revision() -> str | None:
+    """The newest migration this code ships: read once (/readyz asks often)."""
+    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
 
 
 def current_revision(connection: Connection) -> str | None:

@@ -152,6 +152,8 @@ class BackupDisk(Base):
     position: Mapped[int] = mapped_column(Integer)
     backup: Mapped[bool] = mapped_column(Boolean, default=True)
     backupmode: Mapped[str | None] = mapped_column(String(16))
+    # Whether the backup's checkpoint gives this disk a dirty bitmap (planned).
+    bitmap: Mapped[bool] = mapped_column(Boolean, default=False)
     type: Mapped[str | None] = mapped_column(String(16))
     format: Mapped[str | None] = mapped_column(String(16))
     target: Mapped[str | None] = mapped_column(Text)

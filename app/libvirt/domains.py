@@ -87,6 +87,10 @@ def list_checkpoints(dom: libvirt.virDomain) -> list[CheckpointInfo]:
     ]
 
 
+def get_checkpoint(dom: libvirt.virDomain, *, name: str) -> CheckpointInfo:
+    return _checkpoint_info(dom.checkpointLookupByName(name))
+
+
 def create_checkpoint(
     dom: libvirt.virDomain, *, checkpoint: CheckpointSpec, quiesce: bool
 ) -> CheckpointInfo:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
-import uuid as uuidlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -63,6 +63,7 @@ class LibvirtHost:
         self._status = ConnectionStatus(connected=False, error="not connected yet")
         self._listeners: dict[int, tuple[asyncio.AbstractEventLoop, EventListener]] = {}
         self._listeners_lock = threading.Lock()
+        self._listener_keys = itertools.count()
         self._lost = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -160,8 +161,8 @@ class LibvirtHost:
     # -- events -----------------------------------------------------------------
 
     def subscribe(self, listener: EventListener) -> Callable[[], None]:
-        key = id(listener) ^ uuidlib.uuid4().int
         with self._listeners_lock:
+            key = next(self._listener_keys)
             self._listeners[key] = (asyncio.get_running_loop(), listener)
 
         def unsubscribe() -> None:
@@ -225,6 +226,9 @@ class LibvirtHost:
     async def get_domain(self, ref: str) -> DomainInfo:
         return await self._on_domain(ref, domains.describe)
 
+    async def is_active(self, domain_uuid: str) -> bool:
+        return await self._on_domain(domain_uuid, lambda dom: bool(dom.isActive()))
+
     async def backup_begin(
         self,
         domain_uuid: str,
@@ -254,6 +258,9 @@ class LibvirtHost:
 
     async def list_checkpoints(self, domain_uuid: str) -> list[CheckpointInfo]:
         return await self._on_domain(domain_uuid, domains.list_checkpoints)
+
+    async def get_checkpoint(self, domain_uuid: str, name: str) -> CheckpointInfo:
+        return await self._on_domain(domain_uuid, partial(domains.get_checkpoint, name=name))
 
     async def create_checkpoint(
         self, domain_uuid: str, checkpoint: CheckpointSpec, *, quiesce: bool = False

@@ -205,7 +205,7 @@ class WorkerPool:
         except IntegrityError:
             # Another replica started a backup of the same domain in between.
             return False
-        self._run(row.id, row.host, claimed_row.domain_uuid, row.lease_epoch + 1)
+        self._run(row.id, row.host, claimed_row.domain_uuid, row.lease_epoch + 1, resumed=False)
         return True
 
     async def _take_over_stalled(self) -> None:
@@ -243,9 +243,11 @@ class WorkerPool:
                     taken.append(row)
         for row in taken:
             log.info("taking over backup %s (lease expired)", row.id)
-            self._run(row.id, row.host, row.domain_uuid, row.lease_epoch + 1)
+            self._run(row.id, row.host, row.domain_uuid, row.lease_epoch + 1, resumed=True)
 
-    def _run(self, backup_id: uuid.UUID, host: str, domain_uuid: str, epoch: int) -> None:
+    def _run(
+        self, backup_id: uuid.UUID, host: str, domain_uuid: str, epoch: int, *, resumed: bool
+    ) -> None:
         signal = JobSignal()
         self._signals[(host, domain_uuid)] = signal
         runner = BackupRunner(
@@ -255,6 +257,7 @@ class WorkerPool:
             epoch,
             signal,
             self.settings.poll_seconds,
+            resumed=resumed,
         )
 
         async def run() -> None:

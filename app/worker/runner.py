@@ -9,9 +9,11 @@ import contextlib
 import logging
 import os
 import subprocess
+import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
@@ -22,10 +24,12 @@ from app.db.models import Backup, BackupDisk, BackupStatus, Checkpoint
 from app.db.session import Database
 from app.errors import AppError, DomainNotFound
 from app.hypervisor import (
+    BackupDiskState,
+    BackupMode,
     BackupSpec,
-    BackupState,
     CheckpointDiskSpec,
     CheckpointSpec,
+    DiskBackupMode,
     DiskBackupSpec,
     Hypervisor,
     JobCompleted,
@@ -47,6 +51,9 @@ class JobSignal:
     completed: JobCompleted | None = None
 
 
+_DISK_MODES: dict[str, DiskBackupMode] = {"full": "full", "incremental": "incremental"}
+
+
 def backup_spec(backup: Backup) -> BackupSpec:
     server = None
     if backup.server is not None:
@@ -61,7 +68,7 @@ def backup_spec(backup: Backup) -> BackupSpec:
         DiskBackupSpec(
             name=d.name,
             backup=d.backup,
-            backupmode=d.backupmode if d.backupmode in ("full", "incremental") else None,  # type: ignore[arg-type]
+            backupmode=_DISK_MODES.get(d.backupmode or ""),
             type="block" if d.type == "block" else "file",
             target=d.target,
             driver=d.format,
@@ -69,20 +76,45 @@ def backup_spec(backup: Backup) -> BackupSpec:
         )
         for d in backup.disks
     )
-    return BackupSpec(mode=backup.mode, disks=disks, incremental=backup.incremental, server=server)  # type: ignore[arg-type]
+    mode: BackupMode = "pull" if backup.mode == "pull" else "push"
+    return BackupSpec(mode=mode, disks=disks, incremental=backup.incremental, server=server)
 
 
-def checkpoint_spec(backup: Backup, bitmap_disks: set[str]) -> CheckpointSpec | None:
+def checkpoint_spec(backup: Backup) -> CheckpointSpec | None:
     if backup.checkpoint is None:
         return None
     return CheckpointSpec(
         name=backup.checkpoint,
         description=backup.checkpoint_description,
         disks=tuple(
-            CheckpointDiskSpec(d.name, "bitmap" if d.backup and d.name in bitmap_disks else "no")
+            CheckpointDiskSpec(d.name, "bitmap" if d.backup and d.bitmap else "no")
             for d in backup.disks
         ),
     )
+
+
+def _actual_values(backup: Backup, disk: BackupDiskState) -> dict[str, object]:
+    """What libvirt chose for a disk; planned paths stand where it says nothing."""
+    values: dict[str, object] = {
+        "export_name": disk.export_name,
+        "export_bitmap": disk.export_bitmap,
+    }
+    if disk.target:
+        values["target"] = disk.target
+    if disk.scratch:
+        values["scratch"] = disk.scratch
+    if disk.export_name and backup.server is not None:
+        values["nbd_uri"] = nbd_uri(backup.server, disk.export_name)
+    return values
+
+
+def _progress(stats: JobStats) -> dict[str, int | None]:
+    return {
+        "bytes_total": stats.disk_total,
+        "bytes_processed": stats.disk_processed,
+        "temp_used": stats.disk_temp_used,
+        "temp_total": stats.disk_temp_total,
+    }
 
 
 def _allocated_bytes(path: str | None) -> int | None:
@@ -115,10 +147,12 @@ class BackupRunner:
         self,
         database: Database,
         hypervisor: Hypervisor,
-        backup_id: object,
+        backup_id: uuid.UUID,
         epoch: int,
         signal: JobSignal,
         poll_seconds: float,
+        *,
+        resumed: bool = False,
     ) -> None:
         self.database = database
         self.hypervisor = hypervisor
@@ -126,6 +160,8 @@ class BackupRunner:
         self.epoch = epoch
         self.signal = signal
         self.poll_seconds = poll_seconds
+        # Taken over from another holder: libvirt may already run its job.
+        self.resumed = resumed
         self._aborted = False
 
     async def _load(self) -> Backup:
@@ -134,8 +170,16 @@ class BackupRunner:
             backup = (await session.scalars(query.where(Backup.id == self.backup_id))).one()
         return backup
 
-    async def _move(self, expected: S | list[S], to: S, **values: object) -> None:
-        await transition(self.database, self.backup_id, self.epoch, expected, to, **values)  # type: ignore[arg-type]
+    async def _move(self, expected: S, to: S, **values: Any) -> None:
+        await transition(self.database, self.backup_id, self.epoch, expected, to, **values)
+
+    async def _update_disk(self, name: str, **values: object) -> None:
+        async with self.database.session_scope() as session:
+            await session.execute(
+                update(BackupDisk)
+                .where(BackupDisk.backup_id == self.backup_id, BackupDisk.name == name)
+                .values(**values)
+            )
 
     async def run(self) -> None:
         backup = await self._load()
@@ -169,16 +213,14 @@ class BackupRunner:
         if backup.end_action == "cancel":
             await self._move(S.STARTING, S.CANCELLED, message="cancelled before it started")
             return await self._load()
-        if await self._already_begun(backup):
+        if self.resumed and await self._already_begun(backup):
             log.info("backup %s: job found in libvirt, not starting another", backup.id)
         else:
             self._prepare_directories(backup)
-            domain = await self.hypervisor.get_domain(backup.domain_uuid)
-            bitmaps = {d.name for d in domain.disks if d.checkpoint_capable}
             await self.hypervisor.backup_begin(
                 backup.domain_uuid,
                 backup_spec(backup),
-                checkpoint_spec(backup, bitmaps),
+                checkpoint_spec(backup),
                 reuse_external=backup.reuse_external,
                 quiesce=backup.quiesce,
             )
@@ -221,25 +263,8 @@ class BackupRunner:
                 .where(Backup.id == backup.id, Backup.lease_epoch == self.epoch)
                 .values(libvirt_xml=xml)
             )
-            for disk in state.disks:
-                await session.execute(
-                    update(BackupDisk)
-                    .where(BackupDisk.backup_id == backup.id, BackupDisk.name == disk.name)
-                    .values(**self._disk_values(backup, state, disk.name))
-                )
-
-    @staticmethod
-    def _disk_values(backup: Backup, state: BackupState, name: str) -> dict[str, object]:
-        disk = next(d for d in state.disks if d.name == name)
-        values: dict[str, object] = {"export_name": disk.export_name}
-        values["export_bitmap"] = disk.export_bitmap
-        if disk.target:
-            values["target"] = disk.target
-        if disk.scratch:
-            values["scratch"] = disk.scratch
-        if disk.export_name and backup.server is not None:
-            values["nbd_uri"] = nbd_uri(backup.server, disk.export_name)
-        return values
+        for disk in state.disks:
+            await self._update_disk(disk.name, **_actual_values(backup, disk))
 
     # -- following ------------------------------------------------------------
 
@@ -254,7 +279,7 @@ class BackupRunner:
             if stats is None or not stats.active:
                 await self._complete(await self._load(), domain_gone=stats is None)
                 return
-            progress = self._progress(backup, stats)
+            progress = _progress(stats)
             if progress != last_progress:
                 await record_progress(self.database, backup.id, self.epoch, backup.status, progress)
                 last_progress = progress
@@ -273,21 +298,11 @@ class BackupRunner:
         if self.signal.domain_stopped:
             return None
         try:
-            domain = await self.hypervisor.get_domain(backup.domain_uuid)
+            if not await self.hypervisor.is_active(backup.domain_uuid):
+                return None
+            return await self.hypervisor.job_stats(backup.domain_uuid)
         except DomainNotFound:
             return None
-        if not domain.active:
-            return None
-        return await self.hypervisor.job_stats(backup.domain_uuid)
-
-    @staticmethod
-    def _progress(backup: Backup, stats: JobStats) -> dict[str, int | None]:
-        return {
-            "bytes_total": stats.disk_total,
-            "bytes_processed": stats.disk_processed,
-            "temp_used": stats.disk_temp_used,
-            "temp_total": stats.disk_temp_total,
-        }
 
     async def _act_on_requests(self, backup: Backup) -> None:
         if self._aborted:
@@ -339,16 +354,21 @@ class BackupRunner:
             return S.FAILED, "domain-not-running", "the domain stopped or vanished during the job"
         if action == "finish":
             return S.SUCCEEDED, None, None
-        stats = await self.hypervisor.job_stats(backup.domain_uuid, completed=True)
-        event = self.signal.completed
-        success = event.success if event and event.success is not None else stats.success
-        errmsg = (event.errmsg if event else None) or stats.errmsg
+        success, errmsg = await self._verdict(backup)
         if backup.mode == "push" and success:
             return S.SUCCEEDED, None, None
-        reason = errmsg or f"the libvirt job ended without success ({stats})"
         if backup.mode == "pull":
-            reason = errmsg or "the export ended without /finish"
-        return S.FAILED, "libvirt-error", reason
+            return S.FAILED, "libvirt-error", errmsg or "the export ended without /finish"
+        return S.FAILED, "libvirt-error", errmsg or "the libvirt job ended without success"
+
+    async def _verdict(self, backup: Backup) -> tuple[bool | None, str | None]:
+        """The JOB_COMPLETED event's word, else the completed job's statistics
+        (the net for an event lost while the connection was down)."""
+        event = self.signal.completed
+        if event is not None and event.success is not None:
+            return event.success, event.errmsg
+        stats = await self.hypervisor.job_stats(backup.domain_uuid, completed=True)
+        return stats.success, stats.errmsg
 
     async def _discard_checkpoint(self, backup: Backup) -> None:
         """A checkpoint whose backup did not succeed must not be a base later."""
@@ -364,26 +384,14 @@ class BackupRunner:
                     await _wait_released(disk.target)
         if backup.mode == "push" and backup.incremental:
             await self._rebase_onto_previous(backup)
-        async with self.database.session_scope() as session:
-            for disk in backup.disks:
-                if disk.backup and disk.target:
-                    await session.execute(
-                        update(BackupDisk)
-                        .where(BackupDisk.backup_id == backup.id, BackupDisk.name == disk.name)
-                        .values(bytes=_allocated_bytes(disk.target))
-                    )
+        for disk in backup.disks:
+            if disk.backup and disk.target:
+                await self._update_disk(disk.name, bytes=_allocated_bytes(disk.target))
         if backup.checkpoint is not None:
-            await self._record_checkpoint(backup)
+            await self._record_checkpoint(backup, backup.checkpoint)
 
-    async def _record_checkpoint(self, backup: Backup) -> None:
-        found = [
-            cp
-            for cp in await self.hypervisor.list_checkpoints(backup.domain_uuid)
-            if cp.name == backup.checkpoint
-        ]
-        if not found:
-            return
-        info = found[0]
+    async def _record_checkpoint(self, backup: Backup, name: str) -> None:
+        info = await self.hypervisor.get_checkpoint(backup.domain_uuid, name)
         async with self.database.session_scope() as session:
             session.add(
                 Checkpoint(
@@ -445,9 +453,4 @@ class BackupRunner:
                 capture_output=True,
                 timeout=120,
             )
-            async with self.database.session_scope() as session:
-                await session.execute(
-                    update(BackupDisk)
-                    .where(BackupDisk.backup_id == backup.id, BackupDisk.name == disk.name)
-                    .values(backing_file=before.target)
-                )
+            await self._update_disk(disk.name, backing_file=before.target)

@@ -4,7 +4,6 @@ lease epoch) recorded in `backup_events`. Zero rows: someone else owns it."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import update
@@ -22,30 +21,29 @@ async def transition(
     database: Database,
     backup_id: uuid.UUID,
     epoch: int,
-    expected: BackupStatus | Iterable[BackupStatus],
+    expected: BackupStatus,
     to: BackupStatus,
     *,
     message: str | None = None,
     **values: Any,
 ) -> None:
-    froms = [expected] if isinstance(expected, BackupStatus) else list(expected)
     if to.terminal:
         values.setdefault("finished_at", utcnow())
         values.setdefault("lease_expires_at", None)
     async with database.session_scope() as session:
         result = await session.execute(
             update(Backup)
-            .where(Backup.id == backup_id, Backup.status.in_(froms), Backup.lease_epoch == epoch)
+            .where(Backup.id == backup_id, Backup.status == expected, Backup.lease_epoch == epoch)
             .values(status=to, **values)
             .returning(Backup.id)
         )
         if result.first() is None:
-            raise LeaseLost(f"backup {backup_id}: not in {froms} at epoch {epoch}")
+            raise LeaseLost(f"backup {backup_id}: not {expected.value} at epoch {epoch}")
         session.add(
             BackupEvent(
                 backup_id=backup_id,
                 status=to.value,
-                previous_status=",".join(f.value for f in froms),
+                previous_status=expected.value,
                 message=message,
             )
         )

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-25 21:29:58.957877
+Create Date: 2026-11-25 21:46:24.815796
 """
 
 from collections.abc import Sequence
@@ -124,6 +124,7 @@ def upgrade() -> None:
         sa.Column("position", sa.Integer(), nullable=False),
         sa.Column("backup", sa.Boolean(), nullable=False),
         sa.Column("backupmode", sa.String(length=16), nullable=True),
+        sa.Column("bitmap", sa.Boolean(), nullable=False),
         sa.Column("type", sa.String(length=16), nullable=True),
         sa.Column("format", sa.String(length=16), nullable=True),
         sa.Column("target", sa.Text(), nullable=True),

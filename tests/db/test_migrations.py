@@ -34,6 +34,6 @@ async def test_upgrade_is_idempotent_and_records_head(database_url: str) -> None
     try:
         async with engine.connect() as connection:
             version = await connection.exec_driver_sql("SELECT version_num FROM alembic_version")
-            assert version.scalar_one() == head_revision(database_url)
+            assert version.scalar_one() == head_revision()
     finally:
         await engine.dispose()

@@ -44,6 +44,11 @@ async def _nothing_changed(
             "path-not-allowed",
         ),
         ({"mode": "sideways"}, 422, "invalid-request"),
+        (
+            {"kind": "full", "disks": [{"name": "vda", "backupmode": "incremental"}]},
+            422,
+            "invalid-request",
+        ),
         ({"mode": "push", "ttl_seconds": 5}, 422, "invalid-request"),
         ({"checkpoint": {"name": "bad name!"}}, 422, "invalid-request"),
         ({"disks": [{"name": "vda", "target": {"file": "a", "dev": "b"}}]}, 422, "invalid-request"),

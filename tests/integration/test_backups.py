@@ -175,12 +175,15 @@ async def test_cancel_an_active_pull_deletes_its_checkpoint(
 
 
 async def test_a_pull_past_its_ttl_is_cancelled_with_the_reason(
-    client: httpx.AsyncClient, vm: TestVM
+    client: httpx.AsyncClient, libvirt_conn: libvirt.virConnect, vm: TestVM
 ) -> None:
     backup = await start(client, vm, mode="pull", ttl_seconds=1)
     done = await wait_for(client, backup["id"], TERMINAL)
     assert done["status"] == "cancelled"
     assert done["error"]["code"] == "ttl-expired"
+    dom = libvirt_conn.lookupByUUIDString(vm.uuid)
+    assert dom.listAllCheckpoints() == []
+    assert dom.jobStats().get("type", 0) == libvirt.VIR_DOMAIN_JOB_NONE
 
 
 async def test_a_destroyed_domain_fails_its_backup(
