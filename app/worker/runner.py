@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Update, select, update
 from sqlalchemy.orm import selectinload
 
 from app.backups.planner import nbd_uri
@@ -28,6 +28,7 @@ from app.hypervisor import (
     BackupMode,
     BackupSpec,
     CheckpointDiskSpec,
+    CheckpointInfo,
     CheckpointSpec,
     DiskBackupMode,
     DiskBackupSpec,
@@ -117,6 +118,24 @@ def _progress(stats: JobStats) -> dict[str, int | None]:
     }
 
 
+def _checkpoint_row(backup: Backup, info: CheckpointInfo) -> Checkpoint:
+    return Checkpoint(
+        host=backup.host,
+        domain_uuid=backup.domain_uuid,
+        name=info.name,
+        parent=info.parent,
+        created_at=info.created_at,
+        description=info.description,
+        disks=[
+            {"name": d.name, "checkpoint": d.checkpoint, "bitmap": d.bitmap} for d in info.disks
+        ],
+        xml=info.xml,
+        backup_id=backup.id,
+        state="ok",
+        in_libvirt=True,
+    )
+
+
 def _allocated_bytes(path: str | None) -> int | None:
     try:
         return os.stat(path).st_blocks * 512 if path else None
@@ -173,13 +192,12 @@ class BackupRunner:
     async def _move(self, expected: S, to: S, **values: Any) -> None:
         await transition(self.database, self.backup_id, self.epoch, expected, to, **values)
 
-    async def _update_disk(self, name: str, **values: object) -> None:
-        async with self.database.session_scope() as session:
-            await session.execute(
-                update(BackupDisk)
-                .where(BackupDisk.backup_id == self.backup_id, BackupDisk.name == name)
-                .values(**values)
-            )
+    def _disk_update(self, name: str, **values: object) -> Update:
+        return (
+            update(BackupDisk)
+            .where(BackupDisk.backup_id == self.backup_id, BackupDisk.name == name)
+            .values(**values)
+        )
 
     async def run(self) -> None:
         backup = await self._load()
@@ -263,18 +281,16 @@ class BackupRunner:
                 .where(Backup.id == backup.id, Backup.lease_epoch == self.epoch)
                 .values(libvirt_xml=xml)
             )
-        for disk in state.disks:
-            await self._update_disk(disk.name, **_actual_values(backup, disk))
+            for disk in state.disks:
+                await session.execute(self._disk_update(disk.name, **_actual_values(backup, disk)))
 
     # -- following ------------------------------------------------------------
 
     async def _follow(self, backup: Backup) -> None:
         last_progress: dict[str, int | None] | None = None
-        while True:
-            backup = await self._load()
-            if backup.status.terminal:
-                return
-            await self._act_on_requests(backup)
+        while not backup.status.terminal:
+            if await self._act_on_requests(backup):
+                backup = await self._load()  # it may have moved on (ready -> finishing)
             stats = await self._stats(backup)
             if stats is None or not stats.active:
                 await self._complete(await self._load(), domain_gone=stats is None)
@@ -286,6 +302,7 @@ class BackupRunner:
             self.signal.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.signal.wake.wait(), self._wait_seconds(backup))
+            backup = await self._load()
 
     def _wait_seconds(self, backup: Backup) -> float:
         if backup.expires_at is not None and backup.status == S.READY:
@@ -304,19 +321,22 @@ class BackupRunner:
         except DomainNotFound:
             return None
 
-    async def _act_on_requests(self, backup: Backup) -> None:
+    async def _act_on_requests(self, backup: Backup) -> bool:
+        """Carry out /finish, /cancel or the ttl: abort the job (for a pull that is
+        its normal end). True when it acted."""
         if self._aborted:
-            return
+            return False
         expired = backup.expires_at is not None and utcnow() >= backup.expires_at
         if backup.status == S.READY and backup.end_action == "finish":
             await self._move(S.READY, S.FINISHING)
         elif backup.status == S.READY and expired and backup.end_action is None:
             await self._set_end_action(backup, "ttl")
         elif backup.end_action != "cancel":
-            return
+            return False
         self._aborted = True
         with contextlib.suppress(AppError):  # already ended: completion tells the rest
             await self.hypervisor.abort_job(backup.domain_uuid)
+        return True
 
     async def _set_end_action(self, backup: Backup, action: str) -> None:
         async with self.database.session_scope() as session:
@@ -384,33 +404,18 @@ class BackupRunner:
                     await _wait_released(disk.target)
         if backup.mode == "push" and backup.incremental:
             await self._rebase_onto_previous(backup)
-        for disk in backup.disks:
-            if disk.backup and disk.target:
-                await self._update_disk(disk.name, bytes=_allocated_bytes(disk.target))
-        if backup.checkpoint is not None:
-            await self._record_checkpoint(backup, backup.checkpoint)
-
-    async def _record_checkpoint(self, backup: Backup, name: str) -> None:
-        info = await self.hypervisor.get_checkpoint(backup.domain_uuid, name)
+        checkpoint = (
+            None
+            if backup.checkpoint is None
+            else await self.hypervisor.get_checkpoint(backup.domain_uuid, backup.checkpoint)
+        )
         async with self.database.session_scope() as session:
-            session.add(
-                Checkpoint(
-                    host=backup.host,
-                    domain_uuid=backup.domain_uuid,
-                    name=info.name,
-                    parent=info.parent,
-                    created_at=info.created_at,
-                    description=info.description,
-                    disks=[
-                        {"name": d.name, "checkpoint": d.checkpoint, "bitmap": d.bitmap}
-                        for d in info.disks
-                    ],
-                    xml=info.xml,
-                    backup_id=backup.id,
-                    state="ok",
-                    in_libvirt=True,
-                )
-            )
+            for disk in backup.disks:
+                if disk.backup and disk.target:
+                    sized = self._disk_update(disk.name, bytes=_allocated_bytes(disk.target))
+                    await session.execute(sized)
+            if checkpoint is not None:
+                session.add(_checkpoint_row(backup, checkpoint))
 
     async def _rebase_onto_previous(self, backup: Backup) -> None:
         """libvirt makes an incremental's qcow2 with the live disk as backing;
@@ -453,4 +458,5 @@ class BackupRunner:
                 capture_output=True,
                 timeout=120,
             )
-            await self._update_disk(disk.name, backing_file=before.target)
+            async with self.database.session_scope() as session:
+                await session.execute(self._disk_update(disk.name, backing_file=before.target))
