@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import backups, domains, health, hosts, problems
+from app.api import backups, domains, events, health, hosts, problems
 from app.api.state import AppState
 from app.db.session import Database
 from app.hosts.registry import HostRegistry, HypervisorFactory
@@ -83,6 +83,7 @@ def create_app(
     app.include_router(hosts.router)
     app.include_router(domains.router)
     app.include_router(backups.router)
+    app.include_router(events.router)
     return app
 
 

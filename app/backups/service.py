@@ -10,7 +10,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, or_, select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -215,9 +215,7 @@ class BackupFilters:
         if self.status is not None:
             query = query.where(Backup.status == self.status)
         if self.domain is not None:
-            query = query.where(
-                or_(Backup.domain_uuid == self.domain, Backup.domain_name == self.domain)
-            )
+            query = query.where(Backup.domain_is(self.domain))
         return query
 
 

@@ -19,9 +19,11 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    or_,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.sql.elements import ColumnElement
 
 from app.db.base import Base, utcnow
 
@@ -133,6 +135,11 @@ class Backup(Base):
     lease_holder: Mapped[str | None] = mapped_column(String(128))
     lease_epoch: Mapped[int] = mapped_column(Integer, default=0)
     lease_expires_at: Mapped[datetime | None]
+
+    @classmethod
+    def domain_is(cls, ref: str) -> ColumnElement[bool]:
+        """The backup's domain, named by name or UUID (the API takes either)."""
+        return or_(cls.domain_uuid == ref, cls.domain_name == ref)
 
     disks: Mapped[list[BackupDisk]] = relationship(
         back_populates="backup_row",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import ORMExecuteState, Session
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -39,11 +41,47 @@ def make_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
+class Pulse:
+    """Wakes every waiter each time it fires: an edge, not a level. Take `current()`
+    before looking for changes, then wait on it, so a fire in between is not missed."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    def current(self) -> asyncio.Event:
+        return self._event
+
+
+class _Session(Session):
+    """Remembers whether its transaction wrote: only writes wake change waiters
+    (a reader that woke them would wake itself, forever)."""
+
+
+@event.listens_for(_Session, "after_flush")
+def _flushed(session: Session, _context: object) -> None:
+    session.info["wrote"] = True
+
+
+@event.listens_for(_Session, "do_orm_execute")
+def _executed(state: ORMExecuteState) -> None:
+    if not state.is_select:
+        state.session.info["wrote"] = True
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.sessionmaker = async_sessionmaker(
+            self.engine, expire_on_commit=False, sync_session_class=_Session
+        )
+        # Fired after every commit that wrote; other replicas' commits are found by
+        # polling, so a waiter must also time out.
+        self.committed = Pulse()
 
     @property
     def is_postgresql(self) -> bool:
@@ -52,8 +90,11 @@ class Database:
     @asynccontextmanager
     async def session_scope(self) -> AsyncIterator[AsyncSession]:
         """One transaction: committed when the block ends, rolled back on error."""
-        async with self.sessionmaker() as session, session.begin():
-            yield session
+        async with self.sessionmaker() as session:
+            async with session.begin():
+                yield session
+            if session.info.pop("wrote", False):
+                self.committed.fire()
 
     async def dispose(self) -> None:
         await self.engine.dispose()

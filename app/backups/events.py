@@ -1,0 +1,100 @@
+"""The change feed of backups: `backup_events`, read in id order. Its ids are
+monotonic, so they serve as SSE ids and `Last-Event-ID` resumes exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from app.db.models import TERMINAL_STATUSES, Backup, BackupEvent, BackupStatus
+from app.db.session import Database
+
+PAGE = 200
+RECHECK_SECONDS = 1.0  # commits by other replicas are only seen by looking
+KEEPALIVE_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class FeedFilter:
+    backup_id: uuid.UUID | None = None
+    host: str | None = None
+    domain: str | None = None  # a name or a UUID
+
+
+def _event_json(event: BackupEvent, backup: Backup) -> str:
+    return json.dumps(
+        {
+            "id": event.id,
+            "backup_id": str(event.backup_id),
+            "host": backup.host,
+            "domain": {"name": backup.domain_name, "uuid": backup.domain_uuid},
+            "status": event.status,
+            "previous_status": event.previous_status,
+            "progress": event.progress,
+            "message": event.message,
+            "at": event.at.isoformat(),
+        }
+    )
+
+
+def sse(event: BackupEvent, backup: Backup) -> str:
+    kind = "progress" if event.progress is not None else "status"
+    return f"id: {event.id}\nevent: {kind}\ndata: {_event_json(event, backup)}\n\n"
+
+
+async def latest_id(database: Database) -> int:
+    async with database.session_scope() as session:
+        return int(await session.scalar(select(func.coalesce(func.max(BackupEvent.id), 0))) or 0)
+
+
+async def _page(
+    database: Database, feed: FeedFilter, after: int
+) -> list[tuple[BackupEvent, Backup]]:
+    query = (
+        select(BackupEvent, Backup)
+        .join(Backup, Backup.id == BackupEvent.backup_id)
+        .where(BackupEvent.id > after)
+        .order_by(BackupEvent.id)
+        .limit(PAGE)
+    )
+    if feed.backup_id is not None:
+        query = query.where(BackupEvent.backup_id == feed.backup_id)
+    if feed.host is not None:
+        query = query.where(Backup.host == feed.host)
+    if feed.domain is not None:
+        query = query.where(Backup.domain_is(feed.domain))
+    async with database.session_scope() as session:
+        return [(row.BackupEvent, row.Backup) for row in await session.execute(query)]
+
+
+def _ends(event: BackupEvent, feed: FeedFilter) -> bool:
+    return feed.backup_id is not None and BackupStatus(event.status) in TERMINAL_STATUSES
+
+
+async def stream(database: Database, feed: FeedFilter, after: int) -> AsyncIterator[str]:
+    """SSE text: every event after `after`, then new ones as they are committed;
+    a single backup's stream ends after its terminal event."""
+    loop = asyncio.get_running_loop()
+    quiet_since = loop.time()
+    while True:
+        changed = database.committed.current()
+        rows = await _page(database, feed, after)
+        for event, backup in rows:
+            yield sse(event, backup)
+            after = event.id
+            if _ends(event, feed):
+                return
+        if rows:
+            quiet_since = loop.time()
+            continue
+        if loop.time() - quiet_since >= KEEPALIVE_SECONDS:
+            yield ": keepalive\n\n"
+            quiet_since = loop.time()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), RECHECK_SECONDS)
