@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from app.api import backups, domains, events, health, hosts, problems
 from app.api.state import AppState
 from app.db.session import Database
 from app.hosts.registry import HostRegistry, HypervisorFactory
 from app.hosts.service import load_hosts
+from app.metrics import RequestMetrics
 from app.settings import Settings
 from app.worker.pool import WorkerPool
 
@@ -40,7 +42,7 @@ def libvirt_factory(settings: Settings) -> HypervisorFactory:
 
 
 def _lifespan(
-    settings: Settings, factory: HypervisorFactory | None
+    settings: Settings, factory: HypervisorFactory | None, request_metrics: CollectorRegistry
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -51,7 +53,9 @@ def _lifespan(
             )
         database = Database(settings.effective_database_url)
         registry = HostRegistry(factory or libvirt_factory(settings))
-        state = AppState(settings=settings, database=database, hosts=registry)
+        state = AppState(
+            settings=settings, database=database, hosts=registry, request_metrics=request_metrics
+        )
         app.state.vmbackup = state
         try:
             async with database.session_scope() as session:
@@ -72,12 +76,14 @@ def create_app(
     settings: Settings | None = None, hypervisor_factory: HypervisorFactory | None = None
 ) -> FastAPI:
     settings = settings or Settings()
+    request_metrics = CollectorRegistry()
     app = FastAPI(
         title="vmbackup",
         version="1.0.0",
         description=DESCRIPTION,
-        lifespan=_lifespan(settings, hypervisor_factory),
+        lifespan=_lifespan(settings, hypervisor_factory, request_metrics),
     )
+    app.add_middleware(RequestMetrics, registry=request_metrics)
     problems.install(app)
     app.include_router(health.router)
     app.include_router(hosts.router)

@@ -3,12 +3,14 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.api.deps import StateDep
+from app.api.deps import ReadDep, SessionDep, StateDep
 from app.db.migrate import current_revision, head_revision
+from app.metrics import render, snapshot
 
 router = APIRouter(tags=["health"])
 
@@ -54,3 +56,17 @@ async def readyz(state: StateDep) -> JSONResponse:
     ready = all(value == "ok" for value in checks.values())
     body = Ready(status="ready" if ready else "not-ready", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+    description="Prometheus text: requests by route, backups by status, bytes stored, the "
+    "newest success per domain (`vmbackup_last_success_timestamp_seconds`, for RPO alerts) "
+    "and hosts up. Needs the `read` scope when tokens are configured (Prometheus sends it "
+    "with `authorization: {credentials: ...}`).",
+)
+async def metrics(_: ReadDep, state: StateDep, session: SessionDep) -> Response:
+    figures = await snapshot(session, state.hosts)
+    return Response(render(state.request_metrics, figures), media_type=CONTENT_TYPE_LATEST)

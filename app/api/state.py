@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from prometheus_client import CollectorRegistry
+
 from app.db.session import Database
 from app.hosts.registry import HostRegistry
 from app.settings import Settings
@@ -19,4 +21,5 @@ class AppState:
     settings: Settings
     database: Database
     hosts: HostRegistry
+    request_metrics: CollectorRegistry
     pool: WorkerPool | None = None
