@@ -10,7 +10,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from app.api import backups, domains, events, health, hosts, problems
+from app.api import backups, checkpoints, domains, events, health, hosts, problems, restores
 from app.api.state import AppState
 from app.db.session import Database
 from app.hosts.registry import HostRegistry, HypervisorFactory
@@ -90,6 +90,8 @@ def create_app(
     app.include_router(domains.router)
     app.include_router(backups.router)
     app.include_router(events.router)
+    app.include_router(checkpoints.router)
+    app.include_router(restores.router)
     return app
 
 
