@@ -3,33 +3,35 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Request, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api import idempotency
-from app.api.deps import HostsDep, OperateDep, ReadDep, SessionDep, SettingsDep, StateDep
+from app.api.deps import (
+    AdminDep,
+    HostsDep,
+    OperateDep,
+    ReadDep,
+    SessionDep,
+    SettingsDep,
+    StateDep,
+)
+from app.api.idempotency import IdempotencyKeyHeader
 from app.api.problems import problem_responses
+from app.api.responses import accepted
 from app.api.state import AppState
 from app.backups import service
-from app.backups.schemas import BackupCreate, BackupList, BackupOut
+from app.backups.schemas import BackupCreate, BackupList, BackupOut, ChainOut
 
 router = APIRouter(tags=["backups"])
-IdempotencyKeyHeader = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 StatusFilter = Literal[
     "queued", "starting", "running", "ready", "finishing", "succeeded", "failed", "cancelled"
 ]
 
 
 def _accepted(state: AppState, session: AsyncSession, backup: BackupOut) -> JSONResponse:
-    """202 with `Location`; the worker pool looks at it as soon as it is committed."""
-    if state.pool is not None:
-        state.pool.wake_after_commit(session)
-    return JSONResponse(
-        backup.model_dump(mode="json"),
-        status_code=status.HTTP_202_ACCEPTED,
-        headers={"Location": f"/v1/backups/{backup.id}"},
-    )
+    return accepted(state, session, backup, f"/v1/backups/{backup.id}")
 
 
 @router.post(
@@ -53,27 +55,19 @@ async def start_backup(
     state: StateDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
-    request_hash = idempotency.fingerprint("POST", request.url.path, body)
-    if idempotency_key:
-        replayed = await idempotency.replay(session, principal.name, idempotency_key, request_hash)
-        if replayed is not None:
-            return replayed
-    backup = await service.create_backup(
-        session, hosts, settings, host=host, domain_ref=domain, body=body
-    )
-    out = service.backup_out(backup)
-    response = _accepted(state, session, out)
-    if idempotency_key:
-        await idempotency.remember(
-            session,
-            principal=principal.name,
-            key=idempotency_key,
-            request_hash=request_hash,
-            status_code=response.status_code,
-            body=out.model_dump(mode="json"),
-            location=response.headers["Location"],
+    async def start() -> JSONResponse:
+        backup = await service.create_backup(
+            session, hosts, settings, host=host, domain_ref=domain, body=body
         )
-    return response
+        return _accepted(state, session, service.backup_out(backup))
+
+    return await idempotency.respond_once(
+        session,
+        principal=principal.name,
+        key=idempotency_key,
+        request_hash=idempotency.fingerprint("POST", request.url.path, body),
+        make=start,
+    )
 
 
 @router.get(
@@ -87,11 +81,11 @@ async def list_backups(
     session: SessionDep,
     host: str | None = None,
     domain: Annotated[str | None, Query(description="domain name or UUID")] = None,
-    status: StatusFilter | None = None,
+    status_filter: Annotated[StatusFilter | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> BackupList:
-    filters = service.BackupFilters(host=host, domain=domain, status=status)
+    filters = service.BackupFilters(host=host, domain=domain, status=status_filter)
     return await service.list_backups(session, filters=filters, limit=limit, cursor=cursor)
 
 
@@ -128,3 +122,29 @@ async def cancel_backup(
 ) -> JSONResponse:
     backup = await service.request_cancel(session, backup_id)
     return _accepted(state, session, service.backup_out(backup))
+
+
+@router.get(
+    "/v1/backups/{backup_id}/chain",
+    responses=problem_responses(401, 403, 404, 409),
+    description="Each disk's links from its full backup to this one, oldest first. For push "
+    "backups the files form a qcow2 backing chain: the newest opens on its own and reads the "
+    "disk as it was at this backup. 409 `chain-broken` names the first missing link (a "
+    "deleted file counts).",
+)
+async def get_chain(backup_id: uuid.UUID, _: ReadDep, session: SessionDep) -> ChainOut:
+    return await service.chain_of(session, backup_id)
+
+
+@router.delete(
+    "/v1/backups/{backup_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(401, 403, 404, 409),
+    description="Deletes a terminal backup and the files it wrote. 409 `invalid-state` while "
+    "it is active, or while a later backup's chain needs it, unless `cascade=true`, which "
+    "deletes those later backups too.",
+)
+async def delete_backup(
+    backup_id: uuid.UUID, _: AdminDep, session: SessionDep, cascade: bool = False
+) -> None:
+    await service.delete_backup(session, backup_id, cascade=cascade)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import delete
@@ -19,6 +21,7 @@ from app.db.models import IdempotencyKey
 from app.errors import IdempotencyConflict
 
 KEEP_FOR = timedelta(hours=24)
+IdempotencyKeyHeader = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 
 
 def fingerprint(method: str, path: str, body: BaseModel | None) -> str:
@@ -75,3 +78,31 @@ async def remember(
         raise IdempotencyConflict(
             f"a request with Idempotency-Key {key!r} is being processed: retry it"
         ) from error
+
+
+async def respond_once(
+    session: AsyncSession,
+    *,
+    principal: str,
+    key: str | None,
+    request_hash: str,
+    make: Callable[[], Awaitable[JSONResponse]],
+) -> JSONResponse:
+    """`make()` the response, or replay the one first made with this key; the
+    key and what it created are committed in one transaction."""
+    if key:
+        replayed = await replay(session, principal, key, request_hash)
+        if replayed is not None:
+            return replayed
+    response = await make()
+    if key:
+        await remember(
+            session,
+            principal=principal,
+            key=key,
+            request_hash=request_hash,
+            status_code=response.status_code,
+            body=json.loads(bytes(response.body)),
+            location=response.headers.get("location"),
+        )
+    return response

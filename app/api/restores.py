@@ -2,6 +2,55 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import uuid
+
+from fastapi import APIRouter, Request, status
+from fastapi.responses import JSONResponse
+
+from app.api import idempotency
+from app.api.deps import OperateDep, ReadDep, SessionDep, SettingsDep, StateDep
+from app.api.idempotency import IdempotencyKeyHeader
+from app.api.problems import problem_responses
+from app.api.responses import accepted
+from app.restores import service
+from app.restores.schemas import RestoreCreate, RestoreOut
 
 router = APIRouter(tags=["restores"])
+
+
+@router.post(
+    "/v1/backups/{backup_id}/restores",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RestoreOut,
+    responses=problem_responses(401, 403, 404, 409, 422),
+    description="Writes one standalone image per disk (default: every disk the backup holds), "
+    "the disk as it was at this backup, under the restore root; run by the worker pool. "
+    "Succeeded push backups only (409 `invalid-state`); 409 `chain-broken` when a file of the "
+    "chain is gone.",
+)
+async def create_restore(
+    backup_id: uuid.UUID,
+    body: RestoreCreate,
+    request: Request,
+    principal: OperateDep,
+    settings: SettingsDep,
+    session: SessionDep,
+    state: StateDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JSONResponse:
+    async def start() -> JSONResponse:
+        restore = await service.create_restore(session, settings, backup_id, body)
+        return accepted(state, session, service.restore_out(restore), f"/v1/restores/{restore.id}")
+
+    return await idempotency.respond_once(
+        session,
+        principal=principal.name,
+        key=idempotency_key,
+        request_hash=idempotency.fingerprint("POST", request.url.path, body),
+        make=start,
+    )
+
+
+@router.get("/v1/restores/{restore_id}", responses=problem_responses(401, 403, 404, 422))
+async def get_restore(restore_id: uuid.UUID, _: ReadDep, session: SessionDep) -> RestoreOut:
+    return service.restore_out(await service.get_restore(session, restore_id))

@@ -1,14 +1,19 @@
 """Choosing the base of an incremental: the newest checkpoint made by a
-succeeded backup, still present in libvirt, and for push held in a push chain."""
+succeeded backup, present in libvirt, and for push the head of a push chain
+whose every file is still there."""
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
 
+from app.backups.chain import chains
 from app.backups.planner import Base
 from app.db.models import Backup, BackupStatus, Checkpoint
-from app.errors import BaseCheckpointMissing
+from app.errors import BaseCheckpointMissing, ChainBroken
 from app.hypervisor import DomainInfo, Hypervisor
 
 
@@ -33,6 +38,31 @@ async def _newest_good(
     return (await session.scalars(query)).first()
 
 
+async def _check_push_chain(session: AsyncSession, backup_id: uuid.UUID | None) -> None:
+    """Raises ChainBroken unless the base backup's every chain opens."""
+    if backup_id is None:
+        raise ChainBroken("the base checkpoint was not made by a backup this service holds")
+    query = select(Backup).options(selectinload(Backup.disks)).where(Backup.id == backup_id)
+    base = (await session.scalars(query)).one()
+    await chains(session, base)
+
+
+async def _named_base(
+    session: AsyncSession, hypervisor: Hypervisor, domain: DomainInfo, name: str, mode: str
+) -> Base:
+    row = await session.scalar(
+        select(Checkpoint).where(
+            Checkpoint.host == hypervisor.name,
+            Checkpoint.domain_uuid == domain.uuid,
+            Checkpoint.name == name,
+        )
+    )
+    parent = row.backup_id if row is not None else None
+    if mode == "push":
+        await _check_push_chain(session, parent)
+    return Base(name, parent)
+
+
 async def choose_base(
     session: AsyncSession,
     hypervisor: Hypervisor,
@@ -48,15 +78,19 @@ async def choose_base(
     if named is not None:
         if named not in in_libvirt:
             raise BaseCheckpointMissing(f"checkpoint {named} does not exist on {domain.name}")
-        return Base(named)
+        return await _named_base(session, hypervisor, domain, named, mode)
     newest = await _newest_good(session, hypervisor.name, domain.uuid, mode)
-    reason = None
-    if newest is None:
-        reason = f"no checkpoint of a succeeded {mode} backup of {domain.name}"
-    elif newest.name not in in_libvirt:
-        reason = f"checkpoint {newest.name} is missing from libvirt"
-    if reason is None and newest is not None:
-        return Base(newest.name)
-    if kind == "incremental":
-        raise BaseCheckpointMissing(f"no base for an incremental backup: {reason}")
-    return Base(None, fallback_reason=reason)
+    try:
+        if newest is None:
+            raise ChainBroken(f"no checkpoint of a succeeded {mode} backup of {domain.name}")
+        if newest.name not in in_libvirt:
+            raise ChainBroken(f"checkpoint {newest.name} is missing from libvirt")
+        if mode == "push":
+            await _check_push_chain(session, newest.backup_id)
+    except ChainBroken as broken:
+        if kind == "incremental":
+            raise BaseCheckpointMissing(
+                f"no base for an incremental backup: {broken.detail}"
+            ) from broken
+        return Base(None, fallback_reason=broken.detail)
+    return Base(newest.name, newest.backup_id)

@@ -36,6 +36,7 @@ class Base:
     """What the incremental starts from, or why there is none."""
 
     checkpoint: str | None
+    parent_backup_id: uuid.UUID | None = None  # the backup that made `checkpoint`
     fallback_reason: str | None = None
 
 

@@ -162,3 +162,15 @@ class BackupOut(BaseModel):
 class BackupList(BaseModel):
     items: list[BackupOut]
     next_cursor: str | None
+
+
+class LinkOut(BaseModel):
+    backup_id: uuid.UUID
+    kind: str
+    checkpoint: str | None
+    file: str | None
+    format: str | None
+
+
+class ChainOut(BaseModel):
+    disks: dict[str, list[LinkOut]]

@@ -5,25 +5,29 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from pathlib import Path
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from app.backups import planner
+from app.backups import chain, planner
 from app.backups.lineage import choose_base
 from app.backups.schemas import (
     BackupCreate,
     BackupList,
     BackupOut,
+    ChainOut,
     CheckpointIn,
     DiskOut,
     DomainRef,
     ErrorOut,
+    LinkOut,
     ProgressOut,
 )
 from app.db.base import utcnow
@@ -152,6 +156,7 @@ async def create_backup(
         mode=body.mode,
         kind="incremental" if base.checkpoint else "full",
         incremental=base.checkpoint,
+        parent_backup_id=base.parent_backup_id,
         checkpoint=(
             (checkpoint.name or planner.checkpoint_name(backup_id, now))
             if checkpoint and has_bitmaps
@@ -278,3 +283,49 @@ async def _set_end_action(session: AsyncSession, backup: Backup, action: str) ->
     )
     await session.flush()
     await session.refresh(backup)
+
+
+async def chain_of(session: AsyncSession, backup_id: uuid.UUID) -> ChainOut:
+    backup = await get_backup(session, backup_id)
+    found = await chain.chains(session, backup)
+    return ChainOut(
+        disks={name: [LinkOut(**asdict(link)) for link in links] for name, links in found.items()}
+    )
+
+
+async def delete_backup(session: AsyncSession, backup_id: uuid.UUID, *, cascade: bool) -> None:
+    """A terminal backup, and with `cascade` every later backup built on it,
+    with the files they wrote (once the deletion is committed). Their
+    checkpoints stop serving as bases (the foreign key is nulled), so no
+    incremental is ever based on deleted data."""
+    backup = await get_backup(session, backup_id)
+    if not backup.status.terminal:
+        raise InvalidState(f"backup {backup_id} is {backup.status.value}: cancel it first")
+    later = [await get_backup(session, b) for b in await chain.dependents(session, backup_id)]
+    needing = [b for b in later if b.status == BackupStatus.SUCCEEDED]
+    if needing and not cascade:
+        ids = ", ".join(str(b.id) for b in needing[:5])
+        raise InvalidState(
+            f"backups {ids} build on backup {backup_id}: delete them first or use cascade=true"
+        )
+    if any(not b.status.terminal for b in later):
+        raise InvalidState(f"a backup built on {backup_id} is still active")
+    if not cascade:  # only failed or cancelled ones point at it: they need nothing
+        later = []
+        await session.execute(
+            update(Backup).where(Backup.parent_backup_id == backup_id).values(parent_backup_id=None)
+        )
+    doomed = [*reversed(later), backup]  # newest first: a parent outlives its children's rows
+    for victim in doomed:
+        await session.delete(victim)
+        await session.flush()
+    event.listen(session.sync_session, "after_commit", lambda _s: _remove_files(doomed), once=True)
+
+
+def _remove_files(backups: list[Backup]) -> None:
+    for backup in backups:
+        for disk in backup.disks:
+            if backup.mode == "push" and disk.target:
+                Path(disk.target).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # a generated directory, once empty
+                    Path(disk.target).parent.rmdir()

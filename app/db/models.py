@@ -89,6 +89,7 @@ class Backup(Base):
         Index("ix_backups_created_at_id", "created_at", "id"),
         Index("ix_backups_domain_created_at", "host", "domain_uuid", "created_at"),
         Index("ix_backups_status_created_at", "status", "created_at"),
+        Index("ix_backups_parent_backup_id", "parent_backup_id"),
         Index(
             "uq_backups_one_active_per_domain",
             "host",
@@ -106,6 +107,9 @@ class Backup(Base):
     mode: Mapped[str] = mapped_column(String(8))
     kind: Mapped[str] = mapped_column(String(16))
     incremental: Mapped[str | None] = mapped_column(String(64))
+    # The backup whose checkpoint `incremental` names: the previous link of this
+    # backup's chains (checkpoints can be deleted and re-parented; backups cannot).
+    parent_backup_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("backups.id"))
     checkpoint: Mapped[str | None] = mapped_column(String(64))
     checkpoint_description: Mapped[str | None] = mapped_column(Text)
     fallback_reason: Mapped[str | None] = mapped_column(Text)

@@ -20,14 +20,24 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from app.db.models import ACTIVE_STATUSES, Backup, BackupEvent, BackupStatus, Worker
+from app.db.models import (
+    ACTIVE_STATUSES,
+    Backup,
+    BackupEvent,
+    BackupStatus,
+    Restore,
+    RestoreStatus,
+    Worker,
+)
 from app.db.session import Database
 from app.hosts.registry import HostRegistry
 from app.hypervisor import DomainStopped, HostReconnected, HypervisorEvent, JobCompleted
+from app.restores.runner import run_restore
 from app.settings import Settings
 from app.worker.runner import BackupRunner, JobSignal
 
 log = logging.getLogger(__name__)
+MAX_RESTORES = 2  # per process: each is a full read and write of its disks
 
 
 class WorkerPool:
@@ -38,6 +48,7 @@ class WorkerPool:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._tasks: list[asyncio.Task[None]] = []
         self._runs: dict[uuid.UUID, tuple[str, asyncio.Task[None]]] = {}
+        self._restores: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._signals: dict[tuple[str, str], JobSignal] = {}
         self._wake = asyncio.Event()
         self._last_heartbeat: datetime | None = None
@@ -64,13 +75,17 @@ class WorkerPool:
 
     async def stop(self) -> None:
         """Stop following; libvirt jobs go on and the next start takes them over."""
-        tasks = self._tasks + [task for _host, task in self._runs.values()]
+        tasks = [
+            *self._tasks,
+            *(task for _host, task in self._runs.values()),
+            *self._restores.values(),
+        ]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks, self._runs = [], {}
+        self._tasks, self._runs, self._restores = [], {}, {}
         with contextlib.suppress(Exception):
             async with self.database.session_scope() as session:
                 await session.execute(delete(Worker).where(Worker.holder == self.holder))
@@ -125,6 +140,11 @@ class WorkerPool:
                 )
                 .values(lease_expires_at=now + self.lease)
             )
+            await session.execute(
+                update(Restore)
+                .where(Restore.lease_holder == self.holder, Restore.id.in_(list(self._restores)))
+                .values(lease_expires_at=now + self.lease)
+            )
             await session.execute(delete(Worker).where(Worker.heartbeat_at < now - 10 * self.lease))
         self._last_heartbeat = now
 
@@ -143,6 +163,8 @@ class WorkerPool:
             try:
                 await self._take_over_stalled()
                 while await self._claim_next():
+                    pass
+                while await self._claim_restore():
                     pass
             except Exception:
                 log.exception("worker dispatch failed")
@@ -207,6 +229,64 @@ class WorkerPool:
             return False
         self._run(row.id, row.host, claimed_row.domain_uuid, row.lease_epoch + 1, resumed=False)
         return True
+
+    async def _claim_restore(self) -> bool:
+        """A queued restore, or a running one whose holder stopped (a restore is
+        rerunnable: it writes to a temporary name and renames when whole)."""
+        if len(self._restores) >= MAX_RESTORES:
+            return False
+        now = datetime.now(UTC)
+        live_holders = select(Worker.holder).where(Worker.heartbeat_at > now - self.lease)
+        query = (
+            select(Restore.id, Restore.lease_epoch, Restore.status)
+            .where(
+                or_(
+                    Restore.status == RestoreStatus.QUEUED,
+                    (Restore.status == RestoreStatus.RUNNING)
+                    & Restore.id.notin_(list(self._restores))
+                    & or_(
+                        Restore.lease_expires_at < now,
+                        Restore.lease_holder.notin_(live_holders),
+                    ),
+                )
+            )
+            .order_by(Restore.created_at)
+            .limit(1)
+        )
+        if self.database.is_postgresql:
+            query = query.with_for_update(skip_locked=True, of=Restore)
+        async with self.database.session_scope() as session:
+            row = (await session.execute(query)).first()
+            if row is None:
+                return False
+            claimed = await session.execute(
+                update(Restore)
+                .where(Restore.id == row.id, Restore.lease_epoch == row.lease_epoch)
+                .values(
+                    status=RestoreStatus.RUNNING,
+                    started_at=now,
+                    lease_holder=self.holder,
+                    lease_epoch=row.lease_epoch + 1,
+                    lease_expires_at=now + self.lease,
+                )
+                .returning(Restore.id)
+            )
+            if claimed.first() is None:
+                return True
+        self._start_restore(row.id, row.lease_epoch + 1)
+        return True
+
+    def _start_restore(self, restore_id: uuid.UUID, epoch: int) -> None:
+        async def run() -> None:
+            try:
+                await run_restore(self.database, restore_id, epoch)
+            except Exception:
+                log.exception("restore %s: runner failed", restore_id)
+            finally:
+                self._restores.pop(restore_id, None)
+                self._wake.set()
+
+        self._restores[restore_id] = asyncio.create_task(run(), name=f"restore-{restore_id}")
 
     async def _take_over_stalled(self) -> None:
         now = datetime.now(UTC)

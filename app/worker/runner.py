@@ -402,7 +402,7 @@ class BackupRunner:
             for disk in backup.disks:
                 if disk.backup and disk.target and Path(disk.target).exists():
                     await _wait_released(disk.target)
-        if backup.mode == "push" and backup.incremental:
+        if backup.mode == "push" and backup.parent_backup_id is not None:
             await self._rebase_onto_previous(backup)
         checkpoint = (
             None
@@ -421,17 +421,10 @@ class BackupRunner:
         """libvirt makes an incremental's qcow2 with the live disk as backing;
         re-point it at the previous backup's file so the chain opens alone."""
         async with self.database.session_scope() as session:
-            base_backup_id = await session.scalar(
-                select(Checkpoint.backup_id).where(
-                    Checkpoint.host == backup.host,
-                    Checkpoint.domain_uuid == backup.domain_uuid,
-                    Checkpoint.name == backup.incremental,
-                )
-            )
             previous = {
                 d.name: d
                 for d in await session.scalars(
-                    select(BackupDisk).where(BackupDisk.backup_id == base_backup_id)
+                    select(BackupDisk).where(BackupDisk.backup_id == backup.parent_backup_id)
                 )
             }
         for disk in backup.disks:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-25 21:46:24.815796
+Create Date: 2026-11-25 22:04:22.871412
 """
 
 from collections.abc import Sequence
@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("mode", sa.String(length=8), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("incremental", sa.String(length=64), nullable=True),
+        sa.Column("parent_backup_id", sa.Uuid(), nullable=True),
         sa.Column("checkpoint", sa.String(length=64), nullable=True),
         sa.Column("checkpoint_description", sa.Text(), nullable=True),
         sa.Column("fallback_reason", sa.Text(), nullable=True),
@@ -71,6 +72,9 @@ def upgrade() -> None:
         sa.Column("lease_holder", sa.String(length=128), nullable=True),
         sa.Column("lease_epoch", sa.Integer(), nullable=False),
         sa.Column("lease_expires_at", app.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["parent_backup_id"], ["backups.id"], name=op.f("fk_backups_parent_backup_id_backups")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_backups")),
     )
     with op.batch_alter_table("backups", schema=None) as batch_op:
@@ -78,6 +82,7 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_backups_domain_created_at", ["host", "domain_uuid", "created_at"], unique=False
         )
+        batch_op.create_index("ix_backups_parent_backup_id", ["parent_backup_id"], unique=False)
         batch_op.create_index(
             "ix_backups_status_created_at", ["status", "created_at"], unique=False
         )
@@ -267,6 +272,7 @@ def downgrade() -> None:
             postgresql_where=sa.text("status IN ('starting', 'running', 'ready', 'finishing')"),
         )
         batch_op.drop_index("ix_backups_status_created_at")
+        batch_op.drop_index("ix_backups_parent_backup_id")
         batch_op.drop_index("ix_backups_domain_created_at")
         batch_op.drop_index("ix_backups_created_at_id")
 

@@ -1,0 +1,85 @@
+"""A backup's chains: for each disk, the links from its full backup to this
+one. Push chains are files on disk that must all still be there."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from app.db.models import Backup, BackupDisk, BackupStatus
+from app.errors import ChainBroken
+
+
+@dataclass(frozen=True)
+class Link:
+    backup_id: uuid.UUID
+    kind: str  # how this disk was copied in that backup: full or incremental
+    checkpoint: str | None
+    file: str | None
+    format: str | None
+
+
+async def _load(session: AsyncSession, backup_id: uuid.UUID) -> Backup | None:
+    query = select(Backup).options(selectinload(Backup.disks)).where(Backup.id == backup_id)
+    return (await session.scalars(query)).first()
+
+
+def _link(backup: Backup, disk: BackupDisk) -> Link:
+    return Link(
+        backup.id, disk.backupmode or backup.kind, backup.checkpoint, disk.target, disk.format
+    )
+
+
+def _broken(disk: str, backup: Backup, why: str) -> ChainBroken:
+    return ChainBroken(f"disk {disk}: the link before backup {backup.id} {why}", disk=disk)
+
+
+async def disk_chain(session: AsyncSession, backup: Backup, disk_name: str) -> list[Link]:
+    """Oldest first. Raises ChainBroken naming the first missing link."""
+    links: list[Link] = []
+    current: Backup | None = backup
+    while current is not None:
+        disk = next((d for d in current.disks if d.name == disk_name and d.backup), None)
+        if disk is None:
+            raise _broken(disk_name, current, "did not back this disk up")
+        if current.status != BackupStatus.SUCCEEDED:
+            raise ChainBroken(f"disk {disk_name}: backup {current.id} is {current.status.value}")
+        if backup.mode == "push" and current.mode != "push":
+            raise _broken(disk_name, current, "is a pull backup: its data is with its client")
+        if current.mode == "push" and not (disk.target and Path(disk.target).is_file()):
+            raise ChainBroken(
+                f"disk {disk_name}: file {disk.target} of backup {current.id} is missing",
+                disk=disk_name,
+            )
+        links.append(_link(current, disk))
+        if disk.backupmode != "incremental":
+            return links[::-1]
+        if current.parent_backup_id is None:
+            raise _broken(disk_name, current, "is not a backup this service holds")
+        parent = await _load(session, current.parent_backup_id)
+        if parent is None:
+            raise _broken(disk_name, current, "was deleted")
+        current = parent
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+async def chains(session: AsyncSession, backup: Backup) -> dict[str, list[Link]]:
+    return {d.name: await disk_chain(session, backup, d.name) for d in backup.disks if d.backup}
+
+
+async def dependents(session: AsyncSession, backup_id: uuid.UUID) -> list[uuid.UUID]:
+    """Every backup whose chains run through this one, nearest first."""
+    found: list[uuid.UUID] = []
+    frontier = [backup_id]
+    while frontier:
+        children = list(
+            await session.scalars(select(Backup.id).where(Backup.parent_backup_id.in_(frontier)))
+        )
+        found.extend(children)
+        frontier = children
+    return found
