@@ -136,6 +136,10 @@ class ErrorOut(BaseModel):
     code: str
     message: str
 
+    @classmethod
+    def of(cls, code: str | None, message: str | None) -> ErrorOut | None:
+        return None if code is None else cls(code=code, message=message or "")
+
 
 class BackupOut(BaseModel):
     id: uuid.UUID

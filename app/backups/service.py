@@ -39,11 +39,6 @@ from app.settings import Settings
 
 
 def backup_out(backup: Backup) -> BackupOut:
-    error = (
-        ErrorOut(code=backup.error_code, message=backup.error_message or "")
-        if backup.error_code
-        else None
-    )
     return BackupOut(
         id=backup.id,
         host=backup.host,
@@ -79,7 +74,7 @@ def backup_out(backup: Backup) -> BackupOut:
         ],
         server=backup.server,
         libvirt_xml=backup.libvirt_xml,
-        error=error,
+        error=ErrorOut.of(backup.error_code, backup.error_message),
         description=backup.description,
         created_at=backup.created_at,
         started_at=backup.started_at,

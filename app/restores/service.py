@@ -16,11 +16,6 @@ from app.settings import Settings
 
 
 def restore_out(restore: Restore) -> RestoreOut:
-    error = (
-        ErrorOut(code=restore.error_code, message=restore.error_message or "")
-        if restore.error_code
-        else None
-    )
     return RestoreOut(
         id=restore.id,
         backup_id=restore.backup_id,
@@ -30,7 +25,7 @@ def restore_out(restore: Restore) -> RestoreOut:
             RestoreDiskOut(name=d["name"], file=d["file"], format=d["format"], bytes=d["bytes"])
             for d in restore.disks
         ],
-        error=error,
+        error=ErrorOut.of(restore.error_code, restore.error_message),
         created_at=restore.created_at,
         started_at=restore.started_at,
         finished_at=restore.finished_at,
