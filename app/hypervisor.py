@@ -235,6 +235,13 @@ class Hypervisor(Protocol):
 
     async def get_checkpoint(self, domain_uuid: str, name: str) -> CheckpointInfo: ...
 
+    async def checkpoint_sizes(self, domain_uuid: str, name: str) -> dict[str, int | None]:
+        """Bytes changed since the checkpoint, per disk with a bitmap
+        (VIR_DOMAIN_CHECKPOINT_XML_SIZE); None for a disk whose bitmap QEMU does
+        not have. Needs a running domain and runs a short domain job, which waits
+        behind a backup's: ask while no job runs."""
+        ...
+
     async def create_checkpoint(
         self, domain_uuid: str, checkpoint: CheckpointSpec, *, quiesce: bool = False
     ) -> CheckpointInfo: ...

@@ -2,6 +2,134 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, status
+from fastapi.responses import JSONResponse
+
+from app.api import idempotency
+from app.api.deps import AdminDep, HostsDep, OperateDep, ReadDep, SessionDep
+from app.api.idempotency import IdempotencyKeyHeader
+from app.api.problems import problem_responses
+from app.checkpoints import service
+from app.checkpoints.reconcile import ReconcileResult, reconcile
+from app.checkpoints.schemas import CheckpointCreate, CheckpointList, CheckpointOut
+from app.names import NAME_REGEX
 
 router = APIRouter(prefix="/v1/hosts/{host}/domains/{domain}/checkpoints", tags=["checkpoints"])
+CheckpointName = Annotated[str, Path(pattern=NAME_REGEX)]
+
+
+@router.get(
+    "",
+    responses=problem_responses(401, 403, 404, 503),
+    description="The stored lineage merged with libvirt's live list, parents before children. "
+    "A recorded checkpoint libvirt lacks shows `in_libvirt: false` (and `missing` until a "
+    "reconcile redefines it or finds it `broken`); one made outside the service shows with "
+    "`backup_id: null`. Sizes are null here: ask for one checkpoint.",
+)
+async def list_checkpoints(
+    host: str, domain: str, _: ReadDep, hosts: HostsDep, session: SessionDep
+) -> CheckpointList:
+    return await service.list_checkpoints(session, hosts.get(host), domain)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CheckpointOut,
+    responses=problem_responses(401, 403, 404, 409, 422, 502, 503),
+    description="409 `domain-not-running`, or `invalid-state` for a name the domain has "
+    "(in libvirt or recorded); 422 `unknown-disk`. The same `Idempotency-Key` and body "
+    "within 24 h returns the first response again.",
+)
+async def create_checkpoint(
+    host: str,
+    domain: str,
+    body: CheckpointCreate,
+    request: Request,
+    principal: OperateDep,
+    hosts: HostsDep,
+    session: SessionDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JSONResponse:
+    async def create() -> JSONResponse:
+        checkpoint = await service.create_checkpoint(session, hosts.get(host), domain, body)
+        location = f"{request.url.path}/{checkpoint.name}"
+        return JSONResponse(
+            checkpoint.model_dump(mode="json"),
+            status.HTTP_201_CREATED,
+            headers={"Location": location},
+        )
+
+    return await idempotency.respond_once(
+        session,
+        principal=principal.name,
+        key=idempotency_key,
+        request_hash=idempotency.fingerprint("POST", request.url.path, body),
+        make=create,
+    )
+
+
+@router.post(
+    "/reconcile",
+    responses=problem_responses(401, 403, 404, 409, 503),
+    description="Redefines (REDEFINE_VALIDATE, parents first, from the stored XML) a "
+    "checkpoint libvirt lost while its bitmaps remain, imports checkpoints made outside "
+    "the service, follows libvirt's lineage, and marks broken, with the reason, a "
+    "checkpoint whose bitmap is gone. Needs the domain running (409 `domain-not-running`): "
+    "libvirt validates bitmaps only then. `dry_run` reports and changes nothing.",
+)
+async def reconcile_checkpoints(
+    host: str,
+    domain: str,
+    _: OperateDep,
+    hosts: HostsDep,
+    session: SessionDep,
+    dry_run: bool = False,
+) -> ReconcileResult:
+    hypervisor = hosts.get(host)
+    return await reconcile(
+        session, hypervisor, await hypervisor.get_domain(domain), dry_run=dry_run
+    )
+
+
+@router.get(
+    "/{name}",
+    responses=problem_responses(401, 403, 404, 422, 503),
+    description="With each disk's `size_bytes` while the domain runs and no backup job is "
+    "active (libvirt's size query needs a domain job); null otherwise.",
+)
+async def get_checkpoint(
+    host: str, domain: str, name: CheckpointName, _: ReadDep, hosts: HostsDep, session: SessionDep
+) -> CheckpointOut:
+    return await service.get_checkpoint(session, hosts.get(host), domain, name)
+
+
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(401, 403, 404, 409, 422, 502, 503),
+    description="libvirt merges the bitmap into the parent's; the stored lineage re-parents "
+    "the children, or with `children` loses the subtree. `metadata_only` leaves the bitmaps "
+    "in the disks (needed for a broken one, and for a domain that is not running) and the "
+    "service forgets the checkpoint. 409 `invalid-state` while an unfinished backup uses it.",
+)
+async def delete_checkpoint(
+    host: str,
+    domain: str,
+    name: CheckpointName,
+    _: AdminDep,
+    hosts: HostsDep,
+    session: SessionDep,
+    children: bool = False,
+    metadata_only: bool = False,
+) -> None:
+    await service.delete_checkpoint(
+        session,
+        hosts.get(host),
+        domain,
+        name,
+        children=children,
+        metadata_only=metadata_only,
+    )

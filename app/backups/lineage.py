@@ -12,6 +12,8 @@ from sqlalchemy.orm import selectinload
 
 from app.backups.chain import chains
 from app.backups.planner import Base
+from app.checkpoints import repository
+from app.checkpoints.reconcile import reconcile
 from app.db.models import Backup, BackupStatus, Checkpoint
 from app.errors import BaseCheckpointMissing, ChainBroken
 from app.hypervisor import DomainInfo, Hypervisor
@@ -50,13 +52,7 @@ async def _check_push_chain(session: AsyncSession, backup_id: uuid.UUID | None) 
 async def _named_base(
     session: AsyncSession, hypervisor: Hypervisor, domain: DomainInfo, name: str, mode: str
 ) -> Base:
-    row = await session.scalar(
-        select(Checkpoint).where(
-            Checkpoint.host == hypervisor.name,
-            Checkpoint.domain_uuid == domain.uuid,
-            Checkpoint.name == name,
-        )
-    )
+    row = await repository.checkpoint(session, hypervisor.name, domain.uuid, name)
     parent = row.backup_id if row is not None else None
     if mode == "push":
         await _check_push_chain(session, parent)
@@ -74,6 +70,9 @@ async def choose_base(
 ) -> Base:
     if kind == "full":
         return Base(None)
+    # Repair what can be repaired first (lost metadata, outside checkpoints, broken
+    # bitmaps), so the choice below sees the lineage as it really is.
+    await reconcile(session, hypervisor, domain)
     in_libvirt = {cp.name for cp in await hypervisor.list_checkpoints(domain.uuid)}
     if named is not None:
         if named not in in_libvirt:

@@ -30,11 +30,12 @@ from app.backups.schemas import (
     LinkOut,
     ProgressOut,
 )
+from app.checkpoints import repository
 from app.db.base import utcnow
 from app.db.models import TERMINAL_STATUSES, Backup, BackupDisk, BackupEvent, BackupStatus
 from app.errors import BackupNotFound, DomainNotRunning, InvalidRequest, InvalidState
 from app.hosts.registry import HostRegistry
-from app.hypervisor import DomainInfo
+from app.hypervisor import DomainInfo, Hypervisor
 from app.settings import Settings
 
 
@@ -89,6 +90,17 @@ def _checkpoint_request(body: BackupCreate) -> CheckpointIn | None:
     return body.checkpoint if isinstance(body.checkpoint, CheckpointIn) else CheckpointIn()
 
 
+async def _refuse_taken_name(
+    session: AsyncSession, hypervisor: Hypervisor, domain: DomainInfo, name: str
+) -> None:
+    """libvirt would refuse the backup, and cleaning up after that failure would
+    delete the checkpoint that already has the name."""
+    stored = await repository.checkpoint(session, hypervisor.name, domain.uuid, name)
+    live = {cp.name for cp in await hypervisor.list_checkpoints(domain.uuid)}
+    if stored is not None or name in live:
+        raise InvalidState(f"checkpoint {name} already exists on {domain.name}")
+
+
 def _disk_rows(
     body: BackupCreate,
     domain: DomainInfo,
@@ -131,6 +143,9 @@ async def create_backup(
     if not domain.active:
         raise DomainNotRunning(f"domain {domain.name} is {domain.state}")
     planner.select_disks(domain, body.disks)  # unknown disks before anything slower
+    checkpoint = _checkpoint_request(body)
+    if checkpoint is not None and checkpoint.name is not None:
+        await _refuse_taken_name(session, hypervisor, domain, checkpoint.name)
     base = await choose_base(
         session,
         hypervisor,
@@ -140,7 +155,6 @@ async def create_backup(
         mode=body.mode,
     )
     backup_id, now = uuid.uuid4(), utcnow()
-    checkpoint = _checkpoint_request(body)
     disks = _disk_rows(body, domain, backup_id, base.checkpoint is not None, settings)
     has_bitmaps = any(disk.backup and disk.bitmap for disk in disks)
     backup = Backup(

@@ -262,6 +262,9 @@ class LibvirtHost:
     async def get_checkpoint(self, domain_uuid: str, name: str) -> CheckpointInfo:
         return await self._on_domain(domain_uuid, partial(domains.get_checkpoint, name=name))
 
+    async def checkpoint_sizes(self, domain_uuid: str, name: str) -> dict[str, int | None]:
+        return await self._on_domain(domain_uuid, partial(domains.checkpoint_sizes, name=name))
+
     async def create_checkpoint(
         self, domain_uuid: str, checkpoint: CheckpointSpec, *, quiesce: bool = False
     ) -> CheckpointInfo:

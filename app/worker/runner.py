@@ -19,8 +19,9 @@ from sqlalchemy import Update, select, update
 from sqlalchemy.orm import selectinload
 
 from app.backups.planner import nbd_uri
+from app.checkpoints import repository
 from app.db.base import utcnow
-from app.db.models import Backup, BackupDisk, BackupStatus, Checkpoint
+from app.db.models import Backup, BackupDisk, BackupStatus
 from app.db.session import Database
 from app.errors import AppError, DomainNotFound
 from app.hypervisor import (
@@ -28,7 +29,6 @@ from app.hypervisor import (
     BackupMode,
     BackupSpec,
     CheckpointDiskSpec,
-    CheckpointInfo,
     CheckpointSpec,
     DiskBackupMode,
     DiskBackupSpec,
@@ -118,24 +118,6 @@ def _progress(stats: JobStats) -> dict[str, int | None]:
     }
 
 
-def _checkpoint_row(backup: Backup, info: CheckpointInfo) -> Checkpoint:
-    return Checkpoint(
-        host=backup.host,
-        domain_uuid=backup.domain_uuid,
-        name=info.name,
-        parent=info.parent,
-        created_at=info.created_at,
-        description=info.description,
-        disks=[
-            {"name": d.name, "checkpoint": d.checkpoint, "bitmap": d.bitmap} for d in info.disks
-        ],
-        xml=info.xml,
-        backup_id=backup.id,
-        state="ok",
-        in_libvirt=True,
-    )
-
-
 def _allocated_bytes(path: str | None) -> int | None:
     try:
         return os.stat(path).st_blocks * 512 if path else None
@@ -182,6 +164,9 @@ class BackupRunner:
         # Taken over from another holder: libvirt may already run its job.
         self.resumed = resumed
         self._aborted = False
+        # Whether libvirt took our backupBegin: only then is the checkpoint ours to
+        # delete (a refused begin may share its name with someone else's).
+        self._begun = False
 
     async def _load(self) -> Backup:
         async with self.database.session_scope() as session:
@@ -201,6 +186,7 @@ class BackupRunner:
 
     async def run(self) -> None:
         backup = await self._load()
+        self._begun = backup.status != S.STARTING
         try:
             if backup.status == S.STARTING:
                 backup = await self._start(backup)
@@ -233,6 +219,7 @@ class BackupRunner:
             return await self._load()
         if self.resumed and await self._already_begun(backup):
             log.info("backup %s: job found in libvirt, not starting another", backup.id)
+            self._begun = True
         else:
             self._prepare_directories(backup)
             await self.hypervisor.backup_begin(
@@ -242,6 +229,7 @@ class BackupRunner:
                 reuse_external=backup.reuse_external,
                 quiesce=backup.quiesce,
             )
+            self._begun = True
         await self._record_actual_values(backup)
         if backup.mode == "pull":
             expires = utcnow() + timedelta(seconds=backup.ttl_seconds or 0)
@@ -392,7 +380,7 @@ class BackupRunner:
 
     async def _discard_checkpoint(self, backup: Backup) -> None:
         """A checkpoint whose backup did not succeed must not be a base later."""
-        if backup.checkpoint is None:
+        if backup.checkpoint is None or not self._begun:
             return
         with contextlib.suppress(AppError):
             await self.hypervisor.delete_checkpoint(backup.domain_uuid, backup.checkpoint)
@@ -415,7 +403,9 @@ class BackupRunner:
                     sized = self._disk_update(disk.name, bytes=_allocated_bytes(disk.target))
                     await session.execute(sized)
             if checkpoint is not None:
-                session.add(_checkpoint_row(backup, checkpoint))
+                await repository.record_made_by_backup(
+                    session, backup.host, backup.domain_uuid, checkpoint, backup.id
+                )
 
     async def _rebase_onto_previous(self, backup: Backup) -> None:
         """libvirt makes an incremental's qcow2 with the live disk as backing;

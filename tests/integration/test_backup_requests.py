@@ -153,3 +153,14 @@ async def test_listing_pages_newest_first_with_filters(
     bad = await client.get("/v1/backups", params={"cursor": "garbage!"})
     assert (bad.status_code, bad.json()["code"]) == (422, "invalid-request")
     await client.post(f"/v1/backups/{ids[0]}/cancel")
+
+
+async def test_a_checkpoint_name_in_use_is_409_and_the_checkpoint_survives(
+    client: httpx.AsyncClient, libvirt_conn: libvirt.virConnect, vm: TestVM
+) -> None:
+    dom = libvirt_conn.lookupByUUIDString(vm.uuid)
+    dom.checkpointCreateXML("<domaincheckpoint><name>taken</name></domaincheckpoint>")
+    response = await _post(client, vm, {"checkpoint": {"name": "taken"}})
+    assert (response.status_code, response.json()["code"]) == (409, "invalid-state")
+    assert [cp.getName() for cp in dom.listAllCheckpoints()] == ["taken"]
+    assert (await client.get("/v1/backups")).json()["items"] == []
