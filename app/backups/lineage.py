@@ -28,7 +28,6 @@ async def _newest_good(
         .where(
             Checkpoint.host == host,
             Checkpoint.domain_uuid == domain_uuid,
-            Checkpoint.state == "ok",
             Backup.status == BackupStatus.SUCCEEDED,
         )
         .order_by(Checkpoint.created_at.desc(), Checkpoint.id.desc())
@@ -53,6 +52,8 @@ async def _named_base(
     session: AsyncSession, hypervisor: Hypervisor, domain: DomainInfo, name: str, mode: str
 ) -> Base:
     row = await repository.checkpoint(session, hypervisor.name, domain.uuid, name)
+    if row is not None and row.state == "broken":
+        raise ChainBroken(f"checkpoint {name} is broken: {row.state_reason}")
     parent = row.backup_id if row is not None else None
     if mode == "push":
         await _check_push_chain(session, parent)
@@ -82,6 +83,8 @@ async def choose_base(
     try:
         if newest is None:
             raise ChainBroken(f"no checkpoint of a succeeded {mode} backup of {domain.name}")
+        if newest.state != "ok":
+            raise ChainBroken(f"checkpoint {newest.name} is {newest.state}: {newest.state_reason}")
         if newest.name not in in_libvirt:
             raise ChainBroken(f"checkpoint {newest.name} is missing from libvirt")
         if mode == "push":

@@ -4,17 +4,23 @@ what happened behind the service's back."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import httpx
 import libvirt
-import libvirt_qemu
 import pytest
 
 from tests.integration.test_backups import start, wait_for
-from tests.support.vms import MiB, TestVM, domain, throwaway_vm, write_pattern
+from tests.support.vms import (
+    MiB,
+    TestVM,
+    domain,
+    drop_bitmap,
+    lose_checkpoint_metadata,
+    throwaway_vm,
+    write_pattern,
+)
 
 pytestmark = pytest.mark.libvirt
 
@@ -53,22 +59,6 @@ def _parents(dom: libvirt.virDomain) -> dict[str, str | None]:
         except libvirt.libvirtError:
             found[cp.getName()] = None  # a root: "does not have a parent"
     return found
-
-
-def _qmp(dom: libvirt.virDomain, command: str, **arguments: Any) -> Any:
-    reply = libvirt_qemu.qemuMonitorCommand(
-        dom, json.dumps({"execute": command, "arguments": arguments}), 0
-    )
-    return json.loads(reply)["return"]
-
-
-def _drop_bitmap(dom: libvirt.virDomain, bitmap: str) -> None:
-    """Remove a bitmap in QEMU behind libvirt's back (tests only: the monitor)."""
-    nodes = _qmp(dom, "query-named-block-nodes", flat=True)
-    node = next(
-        n["node-name"] for n in nodes if bitmap in {b["name"] for b in n.get("dirty-bitmaps", [])}
-    )
-    _qmp(dom, "block-dirty-bitmap-remove", node=node, name=bitmap)
 
 
 async def test_create_list_and_get_with_sizes(
@@ -202,7 +192,7 @@ async def test_deleting_a_middle_checkpoint_reparents_its_child(
     assert dom.checkpointLookupByName("c").getParent().getName() == "a"
     assert _parents(dom) == {"a": None, "c": "a"}
     # The stored XML follows: after a loss of metadata, c is redefined under a.
-    _lose_checkpoint_metadata(libvirt_conn, vm)
+    lose_checkpoint_metadata(libvirt_conn, vm)
     assert (await _reconcile(client, vm))["redefined"] == ["a", "c"]
     assert _parents(domain(libvirt_conn, vm)) == {"a": None, "c": "a"}
 
@@ -218,27 +208,12 @@ async def test_deleting_with_children_removes_the_subtree(
     assert _parents(domain(libvirt_conn, vm)) == {"a": None}
 
 
-def _lose_checkpoint_metadata(conn: libvirt.virConnect, vm: TestVM) -> None:
-    """Undefine and define the domain again from its XML, then start it.
-
-    libvirt 9.0 keeps a running domain's checkpoint metadata through undefine (it
-    discards only an inactive domain's), so the domain stops first; QEMU writes its
-    persistent bitmaps into the qcow2 as it stops, and loads them when it starts."""
-    dom = domain(conn, vm)
-    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)
-    dom.destroy()
-    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
-    dom = conn.defineXML(xml)
-    dom.create()
-    assert dom.listAllCheckpoints() == []
-
-
 async def test_reconcile_redefines_checkpoints_whose_metadata_was_lost(
     client: httpx.AsyncClient, libvirt_conn: libvirt.virConnect, vm: TestVM
 ) -> None:
     for name in ("a", "b", "c"):
         await _create(client, vm, name=name)
-    _lose_checkpoint_metadata(libvirt_conn, vm)
+    lose_checkpoint_metadata(libvirt_conn, vm)
     listed = await _listed(client, vm)
     assert {(cp["state"], cp["in_libvirt"]) for cp in listed.values()} == {("missing", False)}
 
@@ -276,7 +251,7 @@ async def test_reconcile_imports_a_checkpoint_made_outside(
     again = await _reconcile(client, vm)
     assert again == {"redefined": [], "imported": [], "updated": [], "broken": [], "unchanged": 2}
     # Recorded with its XML: it comes back after a loss of metadata.
-    _lose_checkpoint_metadata(libvirt_conn, vm)
+    lose_checkpoint_metadata(libvirt_conn, vm)
     assert (await _reconcile(client, vm))["redefined"] == ["ours", "outside"]
 
 
@@ -312,7 +287,7 @@ async def test_reconcile_marks_a_checkpoint_whose_bitmap_is_gone_broken(
     await _create(client, vm, name="a")
     await _create(client, vm, name="b")
     dom = domain(libvirt_conn, vm)
-    _drop_bitmap(dom, "a")  # libvirt's metadata stays
+    drop_bitmap(dom, "a")  # libvirt's metadata stays
 
     done = await _reconcile(client, vm)
     assert done["broken"] == [{"name": "a", "reason": done["broken"][0]["reason"]}]

@@ -12,7 +12,17 @@ import libvirt
 import pytest
 
 from tests.integration.test_backups import TERMINAL, start, wait_for
-from tests.support.vms import MiB, TestVM, pause, read_image, resume, write_pattern
+from tests.support.vms import (
+    MiB,
+    TestVM,
+    domain,
+    drop_bitmap,
+    lose_checkpoint_metadata,
+    pause,
+    read_image,
+    resume,
+    write_pattern,
+)
 
 pytestmark = pytest.mark.libvirt
 
@@ -138,3 +148,44 @@ async def test_restore_refuses_pull_backups_and_unknown_disks(
     assert (unknown.status_code, unknown.json()["code"]) == (422, "unknown-disk")
     missing = await client.get("/v1/restores/00000000-0000-0000-0000-000000000000")
     assert (missing.status_code, missing.json()["code"]) == (404, "restore-not-found")
+
+
+async def test_after_redefining_the_domain_the_next_auto_backup_is_incremental(
+    client: httpx.AsyncClient, libvirt_conn: libvirt.virConnect, vm: TestVM
+) -> None:
+    full, _ = await backup_paused(client, libvirt_conn, vm)
+    lose_checkpoint_metadata(libvirt_conn, vm)  # as after `virsh undefine` + `define`
+    write_pattern(libvirt_conn, vm, "vda", 24 * MiB, 1 * MiB, 0x5A)
+    incremental, disk_then = await backup_paused(client, libvirt_conn, vm)
+    assert (incremental["kind"], incremental["incremental"]) == ("incremental", full["checkpoint"])
+    assert read_image(incremental["disks"][0]["target"]) == disk_then
+    assert incremental["disks"][0]["bytes"] < 4 * MiB  # only what changed since the full
+
+
+async def test_a_checkpoint_deleted_behind_our_back_makes_the_next_auto_backup_full(
+    client: httpx.AsyncClient, libvirt_conn: libvirt.virConnect, vm: TestVM
+) -> None:
+    full, _ = await backup_paused(client, libvirt_conn, vm)
+    domain(libvirt_conn, vm).checkpointLookupByName(full["checkpoint"]).delete()  # and its bitmap
+
+    explicit = await client.post(
+        f"/v1/hosts/local/domains/{vm.name}/backups", json={"incremental": full["checkpoint"]}
+    )
+    assert (explicit.status_code, explicit.json()["code"]) == (409, "checkpoint-not-found")
+    after, disk_then = await backup_paused(client, libvirt_conn, vm)
+    assert after["kind"] == "full"
+    assert full["checkpoint"] in after["fallback_reason"]
+    assert read_image(after["disks"][0]["target"]) == disk_then
+
+
+async def test_an_explicit_incremental_from_a_checkpoint_with_a_lost_bitmap_is_409(
+    client: httpx.AsyncClient, libvirt_conn: libvirt.virConnect, vm: TestVM
+) -> None:
+    full, _ = await backup_paused(client, libvirt_conn, vm)
+    drop_bitmap(domain(libvirt_conn, vm), full["checkpoint"])  # libvirt still lists it
+    response = await client.post(
+        f"/v1/hosts/local/domains/{vm.name}/backups", json={"incremental": full["checkpoint"]}
+    )
+    assert (response.status_code, response.json()["code"]) == (409, "chain-broken")
+    assert "bitmap" in response.json()["detail"]
+    assert [b["id"] for b in (await client.get("/v1/backups")).json()["items"]] == [full["id"]]

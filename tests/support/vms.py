@@ -187,6 +187,37 @@ def resume(conn: libvirt.virConnect, vm: TestVM) -> None:
     domain(conn, vm).resume()
 
 
+def lose_checkpoint_metadata(conn: libvirt.virConnect, vm: TestVM) -> None:
+    """Undefine and define the domain again from its XML, then start it.
+
+    libvirt 9.0 keeps a running domain's checkpoint metadata through undefine (it
+    discards only an inactive domain's), so the domain stops first; QEMU writes its
+    persistent bitmaps into the qcow2 as it stops, and loads them when it starts."""
+    dom = domain(conn, vm)
+    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)
+    dom.destroy()
+    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+    dom = conn.defineXML(xml)
+    dom.create()
+    assert dom.listAllCheckpoints() == []
+
+
+def _qmp(dom: libvirt.virDomain, command: str, **arguments: Any) -> Any:
+    reply = libvirt_qemu.qemuMonitorCommand(
+        dom, json.dumps({"execute": command, "arguments": arguments}), 0
+    )
+    return json.loads(reply)["return"]
+
+
+def drop_bitmap(dom: libvirt.virDomain, bitmap: str) -> None:
+    """Remove a bitmap in QEMU behind libvirt's back (tests only: the monitor)."""
+    nodes = _qmp(dom, "query-named-block-nodes", flat=True)
+    node = next(
+        n["node-name"] for n in nodes if bitmap in {b["name"] for b in n.get("dirty-bitmaps", [])}
+    )
+    _qmp(dom, "block-dirty-bitmap-remove", node=node, name=bitmap)
+
+
 def write_pattern(
     conn: libvirt.virConnect, vm: TestVM, disk: str, offset: int, length: int, byte: int
 ) -> None:
