@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from app.api.deps import ReadDep, SessionDep, StateDep
 from app.api.problems import problem_responses
 from app.backups import events, service
+from app.backups.service import BackupFilters
 from app.errors import InvalidRequest
 
 router = APIRouter(tags=["events"])
@@ -73,5 +74,5 @@ async def all_events(
     after = _after(last_event_id)
     if after is None:
         after = await events.latest_id(state.database)
-    feed = events.FeedFilter(host=host, domain=domain)
+    feed = events.FeedFilter(backups=BackupFilters(host=host, domain=domain))
     return _streaming(events.stream(state.database, feed, after))

@@ -8,10 +8,11 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 
+from app.backups.service import BackupFilters
 from app.db.models import TERMINAL_STATUSES, Backup, BackupEvent, BackupStatus
 from app.db.session import Database
 
@@ -23,8 +24,7 @@ KEEPALIVE_SECONDS = 15.0
 @dataclass(frozen=True)
 class FeedFilter:
     backup_id: uuid.UUID | None = None
-    host: str | None = None
-    domain: str | None = None  # a name or a UUID
+    backups: BackupFilters = field(default_factory=BackupFilters)
 
 
 def _event_json(event: BackupEvent, backup: Backup) -> str:
@@ -65,10 +65,7 @@ async def _page(
     )
     if feed.backup_id is not None:
         query = query.where(BackupEvent.backup_id == feed.backup_id)
-    if feed.host is not None:
-        query = query.where(Backup.host == feed.host)
-    if feed.domain is not None:
-        query = query.where(Backup.domain_is(feed.domain))
+    query = feed.backups.apply(query)
     async with database.session_scope() as session:
         return [(row.BackupEvent, row.Backup) for row in await session.execute(query)]
 

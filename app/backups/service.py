@@ -11,6 +11,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,6 +38,9 @@ from app.errors import BackupNotFound, DomainNotRunning, InvalidRequest, Invalid
 from app.hosts.registry import HostRegistry
 from app.hypervisor import DomainInfo, Hypervisor
 from app.settings import Settings
+
+# Any select over backups (SQLAlchemy 2.1 types a select by its variadic row).
+SelectT = TypeVar("SelectT", bound=Select[*tuple[Any, ...]])
 
 
 def backup_out(backup: Backup) -> BackupOut:
@@ -223,7 +227,7 @@ class BackupFilters:
     domain: str | None = None  # a name or a UUID
     status: str | None = None
 
-    def apply(self, query: Select[Backup]) -> Select[Backup]:
+    def apply(self, query: SelectT) -> SelectT:
         if self.host is not None:
             query = query.where(Backup.host == self.host)
         if self.status is not None:

@@ -15,7 +15,7 @@ import socket
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, event, exists, or_, select, update
+from sqlalchemy import Select, delete, event, exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -56,6 +56,17 @@ class WorkerPool:
     @property
     def lease(self) -> timedelta:
         return timedelta(seconds=self.settings.lease_seconds)
+
+    def _lease(self, now: datetime, epoch: int) -> dict[str, object]:
+        """The columns that make this pool the holder, at the next epoch."""
+        return {
+            "lease_holder": self.holder,
+            "lease_epoch": epoch,
+            "lease_expires_at": now + self.lease,
+        }
+
+    def _live_holders(self, now: datetime) -> Select[str]:
+        return select(Worker.holder).where(Worker.heartbeat_at > now - self.lease)
 
     @property
     def alive(self) -> bool:
@@ -212,9 +223,7 @@ class WorkerPool:
                     .values(
                         status=BackupStatus.STARTING,
                         started_at=now,
-                        lease_holder=self.holder,
-                        lease_epoch=row.lease_epoch + 1,
-                        lease_expires_at=now + self.lease,
+                        **self._lease(now, row.lease_epoch + 1),
                     )
                     .returning(Backup.domain_uuid)
                 )
@@ -236,7 +245,7 @@ class WorkerPool:
         if len(self._restores) >= MAX_RESTORES:
             return False
         now = datetime.now(UTC)
-        live_holders = select(Worker.holder).where(Worker.heartbeat_at > now - self.lease)
+        live_holders = self._live_holders(now)
         query = (
             select(Restore.id, Restore.lease_epoch, Restore.status)
             .where(
@@ -265,9 +274,7 @@ class WorkerPool:
                 .values(
                     status=RestoreStatus.RUNNING,
                     started_at=now,
-                    lease_holder=self.holder,
-                    lease_epoch=row.lease_epoch + 1,
-                    lease_expires_at=now + self.lease,
+                    **self._lease(now, row.lease_epoch + 1),
                 )
                 .returning(Restore.id)
             )
@@ -290,7 +297,7 @@ class WorkerPool:
 
     async def _take_over_stalled(self) -> None:
         now = datetime.now(UTC)
-        live_holders = select(Worker.holder).where(Worker.heartbeat_at > now - self.lease)
+        live_holders = self._live_holders(now)
         hosts = self._hosts_with_room()
         async with self.database.session_scope() as session:
             stalled = (
@@ -312,11 +319,7 @@ class WorkerPool:
                 result = await session.execute(
                     update(Backup)
                     .where(Backup.id == row.id, Backup.lease_epoch == row.lease_epoch)
-                    .values(
-                        lease_holder=self.holder,
-                        lease_epoch=row.lease_epoch + 1,
-                        lease_expires_at=now + self.lease,
-                    )
+                    .values(**self._lease(now, row.lease_epoch + 1))
                     .returning(Backup.id)
                 )
                 if result.first() is not None:
