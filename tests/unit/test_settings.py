@@ -61,3 +61,9 @@ def test_migrate_creates_an_sqlite_database_at_head(tmp_path: Path) -> None:
     result = _vmbackup("migrate", VMBACKUP_DATA_DIR=str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "vmbackup.db").stat().st_size > 0
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in readme]
+    assert missing == []
