@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=1)
     poll_seconds: float = Field(default=1.0, gt=0)
     default_pull_ttl_seconds: int = Field(default=7200, ge=1)
+    # A host outage fails its backups only past this; their jobs go on meanwhile.
+    host_outage_limit_seconds: float = Field(default=900.0, gt=0)
 
     @field_validator("tokens", mode="before")
     @classmethod

@@ -11,10 +11,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.db.session import DATABASE_UNAVAILABLE
 from app.errors import AppError, Unauthorized
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
+DATABASE_RETRY_AFTER_SECONDS = 5
 
 _HTTP_CODES = {
     404: ("not-found", "Not found"),
@@ -70,6 +72,14 @@ async def _http_error(_request: Request, error: Exception) -> JSONResponse:
     return problem(error.status_code, code, title, str(error.detail), error.headers)
 
 
+async def _database_unavailable(_request: Request, error: Exception) -> JSONResponse:
+    # Logged in full; the client learns only that it may retry.
+    log.warning("database unavailable: %s", error)
+    detail = "the database is unavailable; retry shortly (running backups go on)"
+    headers = {"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)}
+    return problem(503, "service-unavailable", "Service unavailable", detail, headers)
+
+
 async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
     log.exception("unexpected error", exc_info=error)
     return problem(500, "internal-error", "Internal error", "an unexpected error occurred")
@@ -79,6 +89,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import Select, event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from app import transitions
 from app.backups import chain, planner
 from app.backups.lineage import choose_base
 from app.backups.schemas import (
@@ -33,7 +34,7 @@ from app.backups.schemas import (
 )
 from app.checkpoints import repository
 from app.db.base import utcnow
-from app.db.models import TERMINAL_STATUSES, Backup, BackupDisk, BackupEvent, BackupStatus
+from app.db.models import TERMINAL_STATUSES, Backup, BackupDisk, BackupStatus
 from app.errors import BackupNotFound, DomainNotRunning, InvalidRequest, InvalidState
 from app.hosts.registry import HostRegistry
 from app.hypervisor import DomainInfo, Hypervisor
@@ -132,6 +133,13 @@ def _disk_rows(
     return [BackupDisk(position=i, **asdict(plan)) for i, plan in enumerate(plans)]
 
 
+def _chosen_at_start(body: BackupCreate) -> bool:
+    """`auto` is settled again when the backup starts (a backup queued behind
+    another of the domain then builds on it), unless a disk names its own
+    backupmode: that request is planned once, here."""
+    return body.effective_kind == "auto" and not any(d.backupmode for d in body.disks or [])
+
+
 async def create_backup(
     session: AsyncSession,
     hosts: HostRegistry,
@@ -161,13 +169,15 @@ async def create_backup(
     backup_id, now = uuid.uuid4(), utcnow()
     disks = _disk_rows(body, domain, backup_id, base.checkpoint is not None, settings)
     has_bitmaps = any(disk.backup and disk.bitmap for disk in disks)
+    kind = "incremental" if base.checkpoint else "full"
     backup = Backup(
         id=backup_id,
         host=host,
         domain_uuid=domain.uuid,
         domain_name=domain.name,
         mode=body.mode,
-        kind="incremental" if base.checkpoint else "full",
+        kind=kind,
+        requested_kind="auto" if _chosen_at_start(body) else kind,
         incremental=base.checkpoint,
         parent_backup_id=base.parent_backup_id,
         checkpoint=(
@@ -177,7 +187,6 @@ async def create_backup(
         ),
         checkpoint_description=checkpoint.description if checkpoint else None,
         fallback_reason=base.fallback_reason,
-        status=BackupStatus.QUEUED,
         quiesce=body.quiesce,
         reuse_external=body.reuse_external,
         ttl_seconds=(body.ttl_seconds or settings.default_pull_ttl_seconds)
@@ -190,8 +199,7 @@ async def create_backup(
         created_at=now,
         disks=disks,
     )
-    session.add(backup)
-    session.add(BackupEvent(backup_id=backup_id, status="queued", at=now))
+    transitions.queue_backup(session, backup)
     await session.flush()
     return backup
 
@@ -269,20 +277,10 @@ async def request_cancel(session: AsyncSession, backup_id: uuid.UUID) -> Backup:
     backup = await get_backup(session, backup_id)
     if backup.status in TERMINAL_STATUSES:
         raise InvalidState(f"backup {backup_id} has ended: {backup.status.value}")
-    if backup.status == BackupStatus.QUEUED:
-        cancelled = await session.execute(
-            update(Backup)
-            .where(Backup.id == backup_id, Backup.status == BackupStatus.QUEUED)
-            .values(status=BackupStatus.CANCELLED, finished_at=utcnow(), end_action="cancel")
-            .returning(Backup.id)
-        )
-        if cancelled.first() is not None:
-            session.add(
-                BackupEvent(backup_id=backup_id, status="cancelled", previous_status="queued")
-            )
-            await session.flush()
-            await session.refresh(backup)
-            return backup
+    if backup.status == BackupStatus.QUEUED and await transitions.cancel_queued(session, backup):
+        await session.flush()
+        await session.refresh(backup)
+        return backup
         # A worker claimed it meanwhile: ask that worker to abort instead.
     await _set_end_action(session, backup, "cancel")
     return backup

@@ -54,6 +54,11 @@ ACTIVE_STATUSES = (
     BackupStatus.READY,
     BackupStatus.FINISHING,
 )
+# `end_action` of a backup failed by a host outage past the limit: the pool
+# aborts its job and drops its checkpoint once the host is back, then sets it
+# to ABORTED_LATE. Until then no other backup of the domain starts.
+ABORT_LATER = "abort-later"
+ABORTED_LATE = "aborted-late"
 _ACTIVE_SQL = text("status IN ('starting', 'running', 'ready', 'finishing')")
 
 
@@ -107,6 +112,9 @@ class Backup(Base):
     mode: Mapped[str] = mapped_column(String(8))
     kind: Mapped[str] = mapped_column(String(16))
     incremental: Mapped[str | None] = mapped_column(String(64))
+    # What the request asked for: "auto" when the base is chosen as the backup
+    # starts (so a backup queued behind another builds on it), else the kind.
+    requested_kind: Mapped[str | None] = mapped_column(String(16))
     # The backup whose checkpoint `incremental` names: the previous link of this
     # backup's chains (checkpoints can be deleted and re-parented; backups cannot).
     parent_backup_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("backups.id"))

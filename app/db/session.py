@@ -9,8 +9,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -18,6 +19,13 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import ORMExecuteState, Session
+
+# What a database that is down, restarting or unreachable raises (the server
+# refused or dropped the connection; SQLite: locked past the busy timeout).
+# Callers wait and retry; the API answers 503.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+RETRY_FIRST_SECONDS = 0.25
+RETRY_MAX_SECONDS = 5.0
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -95,6 +103,21 @@ class Database:
                 yield session
             if session.info.pop("wrote", False):
                 self.committed.fire()
+
+    async def ping(self) -> None:
+        async with self.sessionmaker() as session:
+            await session.execute(text("SELECT 1"))
+
+    async def wait_until_available(self) -> None:
+        """Return once the database answers again, retrying with backoff."""
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            try:
+                await self.ping()
+                return
+            except DATABASE_UNAVAILABLE:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 
 import libvirt
 
 from app.hypervisor import CheckpointInfo, CheckpointSpec, DiskInfo, DomainInfo
 from app.libvirt import xml
 
+LISTING_RETRY_SECONDS = 2.0
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 
 STATE_NAMES = {
@@ -82,10 +84,20 @@ def _checkpoint_info(cp: libvirt.virDomainCheckpoint) -> CheckpointInfo:
 
 
 def list_checkpoints(dom: libvirt.virDomain) -> list[CheckpointInfo]:
-    return [
-        _checkpoint_info(cp)
-        for cp in dom.listAllCheckpoints(libvirt.VIR_DOMAIN_CHECKPOINT_LIST_TOPOLOGICAL)
-    ]
+    """While `backupBegin` creates a checkpoint (about 40 ms here), libvirt 9.0's
+    topological listing fails with VIR_ERR_INVALID_ARG ("name in
+    virGetDomainCheckpoint must not be NULL"): a passing state, so list again."""
+    deadline = time.monotonic() + LISTING_RETRY_SECONDS
+    while True:
+        try:
+            listed = dom.listAllCheckpoints(libvirt.VIR_DOMAIN_CHECKPOINT_LIST_TOPOLOGICAL)
+            return [_checkpoint_info(cp) for cp in listed]
+        except libvirt.libvirtError as error:
+            if error.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
+                raise
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.02)
 
 
 def get_checkpoint(dom: libvirt.virDomain, *, name: str) -> CheckpointInfo:

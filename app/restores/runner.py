@@ -11,11 +11,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
-
-from app.db.base import utcnow
+from app.crashpoints import crash_point
 from app.db.models import Restore, RestoreStatus
 from app.db.session import Database
+from app.transitions import finish_restore
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +37,8 @@ async def _convert(source: str, target: Path, fmt: str) -> None:
     if process.returncode != 0:
         partial.unlink(missing_ok=True)
         raise RuntimeError(stderr.decode(errors="replace").strip() or "qemu-img convert failed")
+    crash_point("restore-converting")
     os.replace(partial, target)
-
-
-async def _finish(database: Database, restore_id: uuid.UUID, epoch: int, **values: Any) -> None:
-    async with database.session_scope() as session:
-        await session.execute(
-            update(Restore)
-            .where(
-                Restore.id == restore_id,
-                Restore.status == RestoreStatus.RUNNING,
-                Restore.lease_epoch == epoch,
-            )
-            .values(finished_at=utcnow(), lease_expires_at=None, **values)
-        )
 
 
 async def run_restore(database: Database, restore_id: uuid.UUID, epoch: int) -> None:
@@ -66,14 +53,14 @@ async def run_restore(database: Database, restore_id: uuid.UUID, epoch: int) -> 
             disk["bytes"] = target.stat().st_blocks * 512
     except (OSError, RuntimeError) as error:
         log.warning("restore %s failed: %s", restore_id, error)
-        await _finish(
+        await finish_restore(
             database,
             restore_id,
             epoch,
-            status=RestoreStatus.FAILED,
+            RestoreStatus.FAILED,
             error_code="restore-failed",
             error_message=str(error),
             disks=disks,
         )
         return
-    await _finish(database, restore_id, epoch, status=RestoreStatus.SUCCEEDED, disks=disks)
+    await finish_restore(database, restore_id, epoch, RestoreStatus.SUCCEEDED, disks=disks)

@@ -20,16 +20,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from app import transitions
+from app.crashpoints import crash_point
 from app.db.models import (
+    ABORT_LATER,
+    ABORTED_LATE,
     ACTIVE_STATUSES,
     Backup,
-    BackupEvent,
     BackupStatus,
     Restore,
     RestoreStatus,
     Worker,
 )
-from app.db.session import Database
+from app.db.session import DATABASE_UNAVAILABLE, Database
+from app.errors import AppError, CheckpointNotFound, DomainNotFound
 from app.hosts.registry import HostRegistry
 from app.hypervisor import DomainStopped, HostReconnected, HypervisorEvent, JobCompleted
 from app.restores.runner import run_restore
@@ -57,13 +61,8 @@ class WorkerPool:
     def lease(self) -> timedelta:
         return timedelta(seconds=self.settings.lease_seconds)
 
-    def _lease(self, now: datetime, epoch: int) -> dict[str, object]:
-        """The columns that make this pool the holder, at the next epoch."""
-        return {
-            "lease_holder": self.holder,
-            "lease_epoch": epoch,
-            "lease_expires_at": now + self.lease,
-        }
+    def _lease_end(self) -> datetime:
+        return datetime.now(UTC) + self.lease
 
     def _live_holders(self, now: datetime) -> Select[str]:
         return select(Worker.holder).where(Worker.heartbeat_at > now - self.lease)
@@ -116,6 +115,10 @@ class WorkerPool:
 
     def _on_event(self, happened: HypervisorEvent) -> None:
         if isinstance(happened, HostReconnected):
+            # Runners waiting out the outage resume (by looking at libvirt).
+            for (host, _domain), waiting in self._signals.items():
+                if host == happened.host:
+                    waiting.wake.set()
             self._wake.set()
             return
         signal = self._signals.get((happened.host, happened.domain_uuid))
@@ -164,7 +167,9 @@ class WorkerPool:
             await asyncio.sleep(self.settings.lease_seconds / 3)
             try:
                 await self._heartbeat_once()
-            except Exception:  # the database may be briefly away; try again
+            except DATABASE_UNAVAILABLE as error:  # away for a while: try again
+                log.warning("worker heartbeat: database unavailable: %s", error)
+            except Exception:
                 log.exception("worker heartbeat failed")
 
     # -- dispatch -------------------------------------------------------------
@@ -172,11 +177,14 @@ class WorkerPool:
     async def _dispatch_loop(self) -> None:
         while True:
             try:
+                await self._abort_abandoned()
                 await self._take_over_stalled()
                 while await self._claim_next():
                     pass
                 while await self._claim_restore():
                     pass
+            except DATABASE_UNAVAILABLE as error:
+                log.warning("worker dispatch: database unavailable: %s", error)
             except Exception:
                 log.exception("worker dispatch failed")
             self._wake.clear()
@@ -201,7 +209,7 @@ class WorkerPool:
         busy_domain = exists().where(
             active.host == Backup.host,
             active.domain_uuid == Backup.domain_uuid,
-            active.status.in_(ACTIVE_STATUSES),
+            or_(active.status.in_(ACTIVE_STATUSES), active.end_action == ABORT_LATER),
         )
         query = (
             select(Backup.id, Backup.host, Backup.lease_epoch)
@@ -211,32 +219,21 @@ class WorkerPool:
         )
         if self.database.is_postgresql:
             query = query.with_for_update(skip_locked=True, of=Backup)
-        now = datetime.now(UTC)
         try:
             async with self.database.session_scope() as session:
                 row = (await session.execute(query)).first()
                 if row is None:
                     return False
-                claimed = await session.execute(
-                    update(Backup)
-                    .where(Backup.id == row.id, Backup.status == BackupStatus.QUEUED)
-                    .values(
-                        status=BackupStatus.STARTING,
-                        started_at=now,
-                        **self._lease(now, row.lease_epoch + 1),
-                    )
-                    .returning(Backup.domain_uuid)
-                )
-                claimed_row = claimed.first()
-                if claimed_row is None:
-                    return True  # cancelled or taken meanwhile: look again
-                session.add(
-                    BackupEvent(backup_id=row.id, status="starting", previous_status="queued")
+                domain_uuid = await transitions.claim_backup(
+                    session, row.id, row.lease_epoch, self.holder, self._lease_end()
                 )
         except IntegrityError:
             # Another replica started a backup of the same domain in between.
             return False
-        self._run(row.id, row.host, claimed_row.domain_uuid, row.lease_epoch + 1, resumed=False)
+        if domain_uuid is None:
+            return True  # cancelled or taken meanwhile: look again
+        crash_point("claimed")
+        self._run(row.id, row.host, domain_uuid, row.lease_epoch + 1, resumed=False)
         return True
 
     async def _claim_restore(self) -> bool:
@@ -268,25 +265,19 @@ class WorkerPool:
             row = (await session.execute(query)).first()
             if row is None:
                 return False
-            claimed = await session.execute(
-                update(Restore)
-                .where(Restore.id == row.id, Restore.lease_epoch == row.lease_epoch)
-                .values(
-                    status=RestoreStatus.RUNNING,
-                    started_at=now,
-                    **self._lease(now, row.lease_epoch + 1),
-                )
-                .returning(Restore.id)
+            claimed = await transitions.claim_restore(
+                session, row.id, row.status, row.lease_epoch, self.holder, self._lease_end()
             )
-            if claimed.first() is None:
-                return True
-        self._start_restore(row.id, row.lease_epoch + 1)
+        if claimed:
+            self._start_restore(row.id, row.lease_epoch + 1)
         return True
 
     def _start_restore(self, restore_id: uuid.UUID, epoch: int) -> None:
         async def run() -> None:
             try:
                 await run_restore(self.database, restore_id, epoch)
+            except transitions.LeaseLost as lost:
+                log.info("%s", lost)
             except Exception:
                 log.exception("restore %s: runner failed", restore_id)
             finally:
@@ -294,6 +285,40 @@ class WorkerPool:
                 self._wake.set()
 
         self._restores[restore_id] = asyncio.create_task(run(), name=f"restore-{restore_id}")
+
+    async def _abort_abandoned(self) -> None:
+        """Backups failed by a host outage past the limit: once their host is back,
+        abort the job they left and drop their checkpoint, so nothing is orphaned.
+        Until then no other backup of the domain is claimed."""
+        connected = [host.name for host in self.hosts if host.status.connected]
+        async with self.database.session_scope() as session:
+            abandoned = (
+                await session.execute(
+                    select(Backup.id, Backup.host, Backup.domain_uuid, Backup.checkpoint).where(
+                        Backup.end_action == ABORT_LATER, Backup.host.in_(connected)
+                    )
+                )
+            ).all()
+        for row in abandoned:
+            hypervisor = self.hosts.get(row.host)
+            try:
+                if await hypervisor.backup_state(row.domain_uuid) is not None:
+                    await hypervisor.abort_job(row.domain_uuid)
+                if row.checkpoint is not None:
+                    with contextlib.suppress(CheckpointNotFound):
+                        await hypervisor.delete_checkpoint(row.domain_uuid, row.checkpoint)
+            except DomainNotFound:
+                pass  # the job and its checkpoint went with the domain
+            except AppError as error:
+                log.warning("backup %s: cannot abort its job yet: %s", row.id, error.detail)
+                continue
+            log.info("backup %s: aborted the job it left during the outage", row.id)
+            async with self.database.session_scope() as session:
+                await session.execute(
+                    update(Backup)
+                    .where(Backup.id == row.id, Backup.end_action == ABORT_LATER)
+                    .values(end_action=ABORTED_LATE)
+                )
 
     async def _take_over_stalled(self) -> None:
         now = datetime.now(UTC)
@@ -314,16 +339,13 @@ class WorkerPool:
                     )
                 )
             ).all()
-            taken = []
-            for row in stalled:
-                result = await session.execute(
-                    update(Backup)
-                    .where(Backup.id == row.id, Backup.lease_epoch == row.lease_epoch)
-                    .values(**self._lease(now, row.lease_epoch + 1))
-                    .returning(Backup.id)
+            taken = [
+                row
+                for row in stalled
+                if await transitions.take_over(
+                    session, row.id, row.lease_epoch, self.holder, self._lease_end()
                 )
-                if result.first() is not None:
-                    taken.append(row)
+            ]
         for row in taken:
             log.info("taking over backup %s (lease expired)", row.id)
             self._run(row.id, row.host, row.domain_uuid, row.lease_epoch + 1, resumed=True)
@@ -339,7 +361,8 @@ class WorkerPool:
             backup_id,
             epoch,
             signal,
-            self.settings.poll_seconds,
+            poll_seconds=self.settings.poll_seconds,
+            outage_limit_seconds=self.settings.host_outage_limit_seconds,
             resumed=resumed,
         )
 

@@ -18,12 +18,20 @@ from typing import Any
 from sqlalchemy import Update, select, update
 from sqlalchemy.orm import selectinload
 
+from app.backups.lineage import choose_base
 from app.backups.planner import nbd_uri
 from app.checkpoints import repository
+from app.crashpoints import crash_point
 from app.db.base import utcnow
-from app.db.models import Backup, BackupDisk, BackupStatus
-from app.db.session import Database
-from app.errors import AppError, DomainNotFound
+from app.db.models import ABORT_LATER, Backup, BackupDisk, BackupStatus
+from app.db.session import DATABASE_UNAVAILABLE, Database
+from app.errors import (
+    AppError,
+    CheckpointNotFound,
+    DomainNotFound,
+    HostUnreachable,
+    HypervisorError,
+)
 from app.hypervisor import (
     BackupDiskState,
     BackupMode,
@@ -37,7 +45,7 @@ from app.hypervisor import (
     JobStats,
     NbdServerSpec,
 )
-from app.worker.transitions import LeaseLost, record_progress, transition
+from app.transitions import LeaseLost, fenced, move_backup, record_progress
 
 log = logging.getLogger(__name__)
 S = BackupStatus
@@ -151,8 +159,9 @@ class BackupRunner:
         backup_id: uuid.UUID,
         epoch: int,
         signal: JobSignal,
-        poll_seconds: float,
         *,
+        poll_seconds: float,
+        outage_limit_seconds: float,
         resumed: bool = False,
     ) -> None:
         self.database = database
@@ -161,12 +170,14 @@ class BackupRunner:
         self.epoch = epoch
         self.signal = signal
         self.poll_seconds = poll_seconds
-        # Taken over from another holder: libvirt may already run its job.
+        self.outage_limit_seconds = outage_limit_seconds
+        # Taken over, or resumed after an outage: libvirt may already run its job.
         self.resumed = resumed
         self._aborted = False
         # Whether libvirt took our backupBegin: only then is the checkpoint ours to
         # delete (a refused begin may share its name with someone else's).
         self._begun = False
+        self._host_lost_at: float | None = None
 
     async def _load(self) -> Backup:
         async with self.database.session_scope() as session:
@@ -175,7 +186,7 @@ class BackupRunner:
         return backup
 
     async def _move(self, expected: S, to: S, **values: Any) -> None:
-        await transition(self.database, self.backup_id, self.epoch, expected, to, **values)
+        await move_backup(self.database, self.backup_id, self.epoch, expected, to, **values)
 
     def _disk_update(self, name: str, **values: object) -> Update:
         return (
@@ -185,21 +196,40 @@ class BackupRunner:
         )
 
     async def run(self) -> None:
+        """Follow the backup to a terminal status. A lost host or database is
+        waited out, then the backup is resumed by looking at libvirt, as after a
+        takeover: an outage alone never fails a backup, only one past the limit."""
+        while True:
+            try:
+                await self._run_once()
+                return
+            except LeaseLost as lost:
+                log.info("%s", lost)
+                return
+            except HostUnreachable as error:
+                if not await self._wait_for_host(error):
+                    await self._give_up_on_host()
+                    return
+            except DATABASE_UNAVAILABLE as error:
+                log.warning("backup %s: database unavailable, waiting: %s", self.backup_id, error)
+                await self.database.wait_until_available()
+            except AppError as error:
+                await self._fail_now(error.code, error.detail)
+                return
+            except Exception as error:
+                # Say so in the backup rather than leave it stalled in an active state.
+                log.exception("backup %s: unexpected error", self.backup_id)
+                await self._fail_now("internal-error", f"{type(error).__name__}: {error}")
+                return
+            self.resumed = True  # whatever happened meanwhile: look before acting
+
+    async def _run_once(self) -> None:
         backup = await self._load()
-        self._begun = backup.status != S.STARTING
-        try:
-            if backup.status == S.STARTING:
-                backup = await self._start(backup)
-            if not backup.status.terminal:
-                await self._follow(backup)
-        except LeaseLost as lost:
-            log.info("%s", lost)
-        except AppError as error:
-            await self._fail_now(error.code, error.detail)
-        except Exception as error:
-            # Say so in the backup rather than leave it stalled in an active state.
-            log.exception("backup %s: unexpected error", self.backup_id)
-            await self._fail_now("internal-error", f"{type(error).__name__}: {error}")
+        self._begun = self._begun or backup.status != S.STARTING
+        if backup.status == S.STARTING:
+            backup = await self._start(backup)
+        if not backup.status.terminal:
+            await self._follow(backup)
 
     async def _fail_now(self, code: str, message: str) -> None:
         backup = await self._load()
@@ -209,6 +239,49 @@ class BackupRunner:
         with contextlib.suppress(LeaseLost):
             await asyncio.shield(
                 self._move(backup.status, S.FAILED, error_code=code, error_message=message)
+            )
+
+    # -- host outages ---------------------------------------------------------
+
+    async def _wait_for_host(self, error: HostUnreachable) -> bool:
+        """Wait for the host to come back (the registry reconnects with backoff);
+        False once the outage has lasted past the limit."""
+        loop = asyncio.get_running_loop()
+        if self._host_lost_at is None:
+            self._host_lost_at = loop.time()
+            log.warning("backup %s: waiting for the host: %s", self.backup_id, error.detail)
+        deadline = self._host_lost_at + self.outage_limit_seconds
+        # The failed call can precede the connection's close callback: look again
+        # after a tick rather than retry in a tight loop.
+        await asyncio.sleep(min(self.poll_seconds, deadline - loop.time(), 1.0))
+        while not self.hypervisor.status.connected:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self.signal.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.signal.wake.wait(), min(remaining, 5.0))
+        return loop.time() < deadline
+
+    async def _give_up_on_host(self) -> None:
+        """Past the outage limit: fail the backup, and leave its job to be aborted
+        (and its checkpoint dropped) by the pool once the host is back."""
+        backup = await self._load()
+        if backup.status.terminal:
+            return
+        message = (
+            f"host {self.hypervisor.name} unreachable for more than "
+            f"{self.outage_limit_seconds:g} s; its libvirt job is aborted when it returns"
+        )
+        log.warning("backup %s: %s", backup.id, message)
+        with contextlib.suppress(LeaseLost):
+            await self._move(
+                backup.status,
+                S.FAILED,
+                error_code=HostUnreachable.code,
+                error_message=message,
+                message=message,
+                end_action=ABORT_LATER,
             )
 
     # -- starting -------------------------------------------------------------
@@ -221,7 +294,10 @@ class BackupRunner:
             log.info("backup %s: job found in libvirt, not starting another", backup.id)
             self._begun = True
         else:
+            if backup.requested_kind == "auto":
+                backup = await self._choose_base_now(backup)
             self._prepare_directories(backup)
+            crash_point("before-begin")
             await self.hypervisor.backup_begin(
                 backup.domain_uuid,
                 backup_spec(backup),
@@ -230,12 +306,39 @@ class BackupRunner:
                 quiesce=backup.quiesce,
             )
             self._begun = True
+            crash_point("after-begin")
         await self._record_actual_values(backup)
         if backup.mode == "pull":
             expires = utcnow() + timedelta(seconds=backup.ttl_seconds or 0)
             await self._move(S.STARTING, S.READY, expires_at=expires)
+            crash_point("ready")
         else:
             await self._move(S.STARTING, S.RUNNING)
+            crash_point("running")
+        return await self._load()
+
+    async def _choose_base_now(self, backup: Backup) -> Backup:
+        """`kind: auto` picks its base when it starts, not when it was queued: a
+        backup queued behind another of the same domain then builds on that one."""
+        domain = await self.hypervisor.get_domain(backup.domain_uuid)
+        async with fenced(self.database, backup.id, self.epoch) as session:
+            base = await choose_base(
+                session, self.hypervisor, domain, kind="auto", named=None, mode=backup.mode
+            )
+            await session.execute(
+                update(Backup)
+                .where(Backup.id == backup.id)
+                .values(
+                    kind="incremental" if base.checkpoint else "full",
+                    incremental=base.checkpoint,
+                    parent_backup_id=base.parent_backup_id,
+                    fallback_reason=base.fallback_reason,
+                )
+            )
+            for disk in backup.disks:
+                if disk.backup:
+                    mode = _disk_backupmode(backup, disk, incremental=base.checkpoint is not None)
+                    await session.execute(self._disk_update(disk.name, backupmode=mode))
         return await self._load()
 
     async def _already_begun(self, backup: Backup) -> bool:
@@ -263,11 +366,9 @@ class BackupRunner:
         if found is None:
             return  # a push that finished at once: its planned values stand
         xml, state = found
-        async with self.database.session_scope() as session:
+        async with fenced(self.database, backup.id, self.epoch) as session:
             await session.execute(
-                update(Backup)
-                .where(Backup.id == backup.id, Backup.lease_epoch == self.epoch)
-                .values(libvirt_xml=xml)
+                update(Backup).where(Backup.id == backup.id).values(libvirt_xml=xml)
             )
             for disk in state.disks:
                 await session.execute(self._disk_update(disk.name, **_actual_values(backup, disk)))
@@ -280,6 +381,7 @@ class BackupRunner:
             if await self._act_on_requests(backup):
                 backup = await self._load()  # it may have moved on (ready -> finishing)
             stats = await self._stats(backup)
+            self._host_lost_at = None  # libvirt answered: any outage is over
             if stats is None or not stats.active:
                 await self._complete(await self._load(), domain_gone=stats is None)
                 return
@@ -305,9 +407,17 @@ class BackupRunner:
         try:
             if not await self.hypervisor.is_active(backup.domain_uuid):
                 return None
-            return await self.hypervisor.job_stats(backup.domain_uuid)
+            stats = await self.hypervisor.job_stats(backup.domain_uuid)
+            # A job gone because the domain stopped between the two calls.
+            if not stats.active and not await self.hypervisor.is_active(backup.domain_uuid):
+                return None
+            return stats
         except DomainNotFound:
             return None
+        except HypervisorError:
+            if not await self.hypervisor.is_active(backup.domain_uuid):
+                return None  # it stopped meanwhile: "domain is not running"
+            raise
 
     async def _act_on_requests(self, backup: Backup) -> bool:
         """Carry out /finish, /cancel or the ttl: abort the job (for a pull that is
@@ -317,17 +427,18 @@ class BackupRunner:
         expired = backup.expires_at is not None and utcnow() >= backup.expires_at
         if backup.status == S.READY and backup.end_action == "finish":
             await self._move(S.READY, S.FINISHING)
+            crash_point("finishing")
         elif backup.status == S.READY and expired and backup.end_action is None:
             await self._set_end_action(backup, "ttl")
-        elif backup.end_action != "cancel":
-            return False
-        self._aborted = True
-        with contextlib.suppress(AppError):  # already ended: completion tells the rest
+        elif backup.end_action not in ("cancel", "ttl") and backup.status != S.FINISHING:
+            return False  # nothing asked of it (a resumed finish or ttl aborts again)
+        with contextlib.suppress(DomainNotFound, HypervisorError):  # ended already
             await self.hypervisor.abort_job(backup.domain_uuid)
+        self._aborted = True
         return True
 
     async def _set_end_action(self, backup: Backup, action: str) -> None:
-        async with self.database.session_scope() as session:
+        async with fenced(self.database, backup.id, self.epoch) as session:
             await session.execute(
                 update(Backup)
                 .where(Backup.id == backup.id, Backup.end_action.is_(None))
@@ -337,7 +448,13 @@ class BackupRunner:
     # -- completing -----------------------------------------------------------
 
     async def _complete(self, backup: Backup, *, domain_gone: bool) -> None:
-        outcome, code, message = await self._outcome(backup, domain_gone)
+        final = (
+            None
+            if domain_gone
+            else await self.hypervisor.job_stats(backup.domain_uuid, completed=True)
+        )
+        outcome, code, message = self._outcome(backup, domain_gone, final)
+        crash_point("completing")
         if outcome == S.SUCCEEDED:
             await self._keep_results(backup)
         else:
@@ -349,10 +466,13 @@ class BackupRunner:
                 error_code=code,
                 error_message=message,
                 message=message,
+                **_final_progress(final),
             )
         )
 
-    async def _outcome(self, backup: Backup, domain_gone: bool) -> tuple[S, str | None, str | None]:
+    def _outcome(
+        self, backup: Backup, domain_gone: bool, final: JobStats | None
+    ) -> tuple[S, str | None, str | None]:
         action = backup.end_action
         if action == "cancel":
             return S.CANCELLED, None, None
@@ -362,27 +482,26 @@ class BackupRunner:
             return S.FAILED, "domain-not-running", "the domain stopped or vanished during the job"
         if action == "finish":
             return S.SUCCEEDED, None, None
-        success, errmsg = await self._verdict(backup)
+        success, errmsg = self._verdict(final)
         if backup.mode == "push" and success:
             return S.SUCCEEDED, None, None
         if backup.mode == "pull":
             return S.FAILED, "libvirt-error", errmsg or "the export ended without /finish"
         return S.FAILED, "libvirt-error", errmsg or "the libvirt job ended without success"
 
-    async def _verdict(self, backup: Backup) -> tuple[bool | None, str | None]:
+    def _verdict(self, final: JobStats | None) -> tuple[bool | None, str | None]:
         """The JOB_COMPLETED event's word, else the completed job's statistics
         (the net for an event lost while the connection was down)."""
         event = self.signal.completed
         if event is not None and event.success is not None:
             return event.success, event.errmsg
-        stats = await self.hypervisor.job_stats(backup.domain_uuid, completed=True)
-        return stats.success, stats.errmsg
+        return (None, None) if final is None else (final.success, final.errmsg)
 
     async def _discard_checkpoint(self, backup: Backup) -> None:
         """A checkpoint whose backup did not succeed must not be a base later."""
         if backup.checkpoint is None or not self._begun:
             return
-        with contextlib.suppress(AppError):
+        with contextlib.suppress(DomainNotFound, CheckpointNotFound, HypervisorError):
             await self.hypervisor.delete_checkpoint(backup.domain_uuid, backup.checkpoint)
 
     async def _keep_results(self, backup: Backup) -> None:
@@ -397,7 +516,7 @@ class BackupRunner:
             if backup.checkpoint is None
             else await self.hypervisor.get_checkpoint(backup.domain_uuid, backup.checkpoint)
         )
-        async with self.database.session_scope() as session:
+        async with fenced(self.database, backup.id, self.epoch) as session:
             for disk in backup.disks:
                 if disk.backup and disk.target:
                     sized = self._disk_update(disk.name, bytes=_allocated_bytes(disk.target))
@@ -409,7 +528,8 @@ class BackupRunner:
 
     async def _rebase_onto_previous(self, backup: Backup) -> None:
         """libvirt makes an incremental's qcow2 with the live disk as backing;
-        re-point it at the previous backup's file so the chain opens alone."""
+        re-point it at the previous backup's file so the chain opens alone.
+        Rerunnable: a rebase that already happened is done again, to the same end."""
         async with self.database.session_scope() as session:
             previous = {
                 d.name: d
@@ -441,5 +561,20 @@ class BackupRunner:
                 capture_output=True,
                 timeout=120,
             )
-            async with self.database.session_scope() as session:
+            crash_point("rebasing")
+            async with fenced(self.database, backup.id, self.epoch) as session:
                 await session.execute(self._disk_update(disk.name, backing_file=before.target))
+
+
+def _disk_backupmode(backup: Backup, disk: BackupDisk, *, incremental: bool) -> str:
+    """A disk with a bitmap follows the backup's kind; a push target that is not
+    qcow2 cannot hold an incremental, so it stays full."""
+    can_hold = backup.mode == "pull" or (disk.format or "qcow2") == "qcow2"
+    return "incremental" if incremental and disk.bitmap and can_hold else "full"
+
+
+def _final_progress(final: JobStats | None) -> dict[str, object]:
+    """The completed job's counters, where libvirt still has them: the last word
+    on how much was copied (a small push ends before the first poll)."""
+    counters = {k: v for k, v in _progress(final).items() if v is not None} if final else {}
+    return {**counters, "progress_updated_at": utcnow()} if counters else {}

@@ -210,9 +210,10 @@ async def test_a_second_backup_of_a_domain_waits_queued_and_can_be_cancelled(
     await client.post(f"/v1/backups/{first['id']}/finish")
     assert (await wait_for(client, first["id"], TERMINAL))["status"] == "succeeded"
     started = await wait_for(client, second["id"], {"ready"})
-    # Planned when it was queued, before the first one succeeded: no base then.
-    assert started["kind"] == "full"
-    assert started["fallback_reason"] is not None
+    # `auto` picks its base as it starts: the backup it waited for.
+    assert started["kind"] == "incremental"
+    assert started["incremental"] == first["checkpoint"]
+    assert started["fallback_reason"] is None
     await client.post(f"/v1/backups/{second['id']}/finish")
     assert (await wait_for(client, second["id"], TERMINAL))["status"] == "succeeded"
     assert (await client.get(f"/v1/backups/{third['id']}")).json()["status"] == "cancelled"
