@@ -260,7 +260,7 @@ class BackupRunner:
                 return False
             self.signal.wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.signal.wake.wait(), min(remaining, 5.0))
+                await asyncio.wait_for(self.signal.wake.wait(), min(remaining, self.poll_seconds))
         return loop.time() < deadline
 
     async def _give_up_on_host(self) -> None:
@@ -297,6 +297,8 @@ class BackupRunner:
             if backup.requested_kind == "auto":
                 backup = await self._choose_base_now(backup)
             self._prepare_directories(backup)
+            async with fenced(self.database, backup.id, self.epoch):
+                pass  # still ours? a holder that lost its lease must not begin a job
             crash_point("before-begin")
             await self.hypervisor.backup_begin(
                 backup.domain_uuid,
