@@ -46,6 +46,11 @@ class RestoreNotFound(NotFound):
     title = "Restore not found"
 
 
+class PolicyNotFound(NotFound):
+    code = "policy-not-found"
+    title = "Policy not found"
+
+
 class CheckpointNotFound(AppError):
     """A named checkpoint that does not exist (404 when addressed, 409 as a base)."""
 

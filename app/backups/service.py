@@ -86,6 +86,7 @@ def backup_out(backup: Backup) -> BackupOut:
         started_at=backup.started_at,
         finished_at=backup.finished_at,
         expires_at=backup.expires_at,
+        policy_id=backup.policy_id,
     )
 
 

@@ -36,6 +36,7 @@ from app.db.session import DATABASE_UNAVAILABLE, Database
 from app.errors import AppError, CheckpointNotFound, DomainNotFound
 from app.hosts.registry import HostRegistry
 from app.hypervisor import DomainStopped, HostReconnected, HypervisorEvent, JobCompleted
+from app.policies import scheduler
 from app.restores.runner import run_restore
 from app.settings import Settings
 from app.worker.runner import BackupRunner, JobSignal
@@ -184,6 +185,7 @@ class WorkerPool:
                 if self._abandoned_due:
                     self._abandoned_due = not await self._abort_abandoned()
                 await self._take_over_stalled()
+                await scheduler.run_due(self.database, self.hosts, self.settings)
                 while await self._claim_next():
                     pass
                 while await self._claim_restore():
