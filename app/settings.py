@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     default_pull_ttl_seconds: int = Field(default=7200, ge=1)
     # A host outage fails its backups only past this; their jobs go on meanwhile.
     host_outage_limit_seconds: float = Field(default=900.0, gt=0)
+    # Checkpoints kept per domain (the newest ones can still be a base).
+    checkpoints_per_domain: int = Field(default=4, ge=1, le=1000)
 
     @field_validator("tokens", mode="before")
     @classmethod

@@ -374,6 +374,7 @@ class WorkerPool:
             signal,
             poll_seconds=self.settings.poll_seconds,
             outage_limit_seconds=self.settings.host_outage_limit_seconds,
+            checkpoints_kept=self.settings.checkpoints_per_domain,
             resumed=resumed,
         )
 

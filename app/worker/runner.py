@@ -21,6 +21,7 @@ from sqlalchemy.orm import selectinload
 from app.backups.lineage import choose_base
 from app.backups.planner import nbd_uri
 from app.checkpoints import repository
+from app.checkpoints import service as checkpoints
 from app.crashpoints import crash_point
 from app.db.base import utcnow
 from app.db.models import ABORT_LATER, Backup, BackupDisk, BackupStatus
@@ -162,6 +163,7 @@ class BackupRunner:
         *,
         poll_seconds: float,
         outage_limit_seconds: float,
+        checkpoints_kept: int | None = None,
         resumed: bool = False,
     ) -> None:
         self.database = database
@@ -171,6 +173,7 @@ class BackupRunner:
         self.signal = signal
         self.poll_seconds = poll_seconds
         self.outage_limit_seconds = outage_limit_seconds
+        self.checkpoints_kept = checkpoints_kept
         # Taken over, or resumed after an outage: libvirt may already run its job.
         self.resumed = resumed
         self._aborted = False
@@ -471,6 +474,8 @@ class BackupRunner:
                 **_final_progress(final),
             )
         )
+        if outcome == S.SUCCEEDED:
+            await self._prune_checkpoints(backup)
 
     def _outcome(
         self, backup: Backup, domain_gone: bool, final: JobStats | None
@@ -527,6 +532,35 @@ class BackupRunner:
                 await repository.record_made_by_backup(
                     session, backup.host, backup.domain_uuid, checkpoint, backup.id
                 )
+
+    async def _prune_checkpoints(self, backup: Backup) -> None:
+        """Keep the domain's checkpoints bounded, one committed deletion at a time.
+        Best effort: whatever fails now goes after the next success."""
+        if self.checkpoints_kept is None or backup.checkpoint is None:
+            return
+        try:
+            async with self.database.session_scope() as session:
+                doomed = await checkpoints.prunable(
+                    session, backup.host, backup.domain_uuid, self.checkpoints_kept
+                )
+            for name in doomed:
+                async with self.database.session_scope() as session:
+                    await checkpoints.delete_checkpoint(
+                        session,
+                        self.hypervisor,
+                        backup.domain_uuid,
+                        name,
+                        children=False,
+                        metadata_only=False,
+                    )
+                log.info(
+                    "domain %s: checkpoint %s deleted (bound %d)",
+                    backup.domain_name,
+                    name,
+                    self.checkpoints_kept,
+                )
+        except (AppError, *DATABASE_UNAVAILABLE) as error:
+            log.warning("domain %s: checkpoints not pruned now: %s", backup.domain_name, error)
 
     async def _rebase_onto_previous(self, backup: Backup) -> None:
         """libvirt makes an incremental's qcow2 with the live disk as backing;
