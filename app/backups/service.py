@@ -166,6 +166,7 @@ async def create_backup(
         kind=body.effective_kind,
         named=body.incremental,
         mode=body.mode,
+        provisional=_chosen_at_start(body),
     )
     backup_id, now = uuid.uuid4(), utcnow()
     disks = _disk_rows(body, domain, backup_id, base.checkpoint is not None, settings)

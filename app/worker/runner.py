@@ -462,6 +462,8 @@ class BackupRunner:
         crash_point("completing")
         if outcome == S.SUCCEEDED:
             await self._keep_results(backup)
+            # While this backup still holds the domain: no other starts meanwhile.
+            await self._prune_checkpoints(backup)
         else:
             await self._discard_checkpoint(backup)
         await asyncio.shield(
@@ -474,8 +476,6 @@ class BackupRunner:
                 **_final_progress(final),
             )
         )
-        if outcome == S.SUCCEEDED:
-            await self._prune_checkpoints(backup)
 
     def _outcome(
         self, backup: Backup, domain_gone: bool, final: JobStats | None
