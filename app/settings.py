@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=1)
     poll_seconds: float = Field(default=1.0, gt=0)
     default_pull_ttl_seconds: int = Field(default=7200, ge=1)
+    # Restores and storage
+    max_active_restores: int = Field(default=4, ge=1)
+    free_space_reserve_bytes: int = Field(default=1024**3, ge=0)
+    restore_timeout_seconds: float = Field(default=6 * 3600, gt=0)
 
     @field_validator("tokens", mode="before")
     @classmethod

@@ -38,7 +38,7 @@ def _accepted(state: AppState, session: AsyncSession, backup: BackupOut) -> JSON
     "/v1/hosts/{host}/domains/{domain}/backups",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BackupOut,
-    responses=problem_responses(401, 403, 404, 409, 422, 503),
+    responses=problem_responses(401, 403, 404, 409, 422, 503, 507),
     description="Starts a backup: validated against live libvirt, planned, and queued; a "
     "worker runs it. A second backup of a domain waits as `queued` until the first ends. "
     "The same `Idempotency-Key` and body within 24 h returns the first response again.",
@@ -145,6 +145,10 @@ async def get_chain(backup_id: uuid.UUID, _: ReadDep, session: SessionDep) -> Ch
     "deletes those later backups too.",
 )
 async def delete_backup(
-    backup_id: uuid.UUID, _: AdminDep, session: SessionDep, cascade: bool = False
+    backup_id: uuid.UUID,
+    _: AdminDep,
+    settings: SettingsDep,
+    session: SessionDep,
+    cascade: bool = False,
 ) -> None:
-    await service.delete_backup(session, backup_id, cascade=cascade)
+    await service.delete_backup(session, backup_id, cascade=cascade, settings=settings)

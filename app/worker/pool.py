@@ -286,7 +286,7 @@ class WorkerPool:
     def _start_restore(self, restore_id: uuid.UUID, epoch: int) -> None:
         async def run() -> None:
             try:
-                await run_restore(self.database, restore_id, epoch)
+                await run_restore(self.database, restore_id, epoch, self.settings)
             except Exception:
                 log.exception("restore %s: runner failed", restore_id)
             finally:
@@ -341,6 +341,7 @@ class WorkerPool:
             signal,
             self.settings.poll_seconds,
             resumed=resumed,
+            settings=self.settings,
         )
 
         async def run() -> None:

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import subprocess
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -18,6 +17,9 @@ from typing import Any
 from sqlalchemy import Update, select, update
 from sqlalchemy.orm import selectinload
 
+from app import images
+from app.backups import storage
+from app.backups.paths import confine
 from app.backups.planner import nbd_uri
 from app.checkpoints import repository
 from app.db.base import utcnow
@@ -37,6 +39,7 @@ from app.hypervisor import (
     JobStats,
     NbdServerSpec,
 )
+from app.settings import Settings
 from app.worker.transitions import LeaseLost, record_progress, transition
 
 log = logging.getLogger(__name__)
@@ -95,15 +98,17 @@ def checkpoint_spec(backup: Backup) -> CheckpointSpec | None:
 
 
 def _actual_values(backup: Backup, disk: BackupDiskState) -> dict[str, object]:
-    """What libvirt chose for a disk; planned paths stand where it says nothing."""
+    """What libvirt chose for a disk. Its paths are not taken: the planned ones,
+    confined when planned, stand; one that differs is logged, never stored
+    (it would later be opened, rebased and deleted)."""
     values: dict[str, object] = {
         "export_name": disk.export_name,
         "export_bitmap": disk.export_bitmap,
     }
-    if disk.target:
-        values["target"] = disk.target
-    if disk.scratch:
-        values["scratch"] = disk.scratch
+    planned = next((d for d in backup.disks if d.name == disk.name), None)
+    for column, reported in (("target", disk.target), ("scratch", disk.scratch)):
+        if reported and (planned is None or reported != getattr(planned, column)):
+            log.warning("backup %s: libvirt reports %s %s, not ours", backup.id, column, reported)
     if disk.export_name and backup.server is not None:
         values["nbd_uri"] = nbd_uri(backup.server, disk.export_name)
     return values
@@ -125,24 +130,6 @@ def _allocated_bytes(path: str | None) -> int | None:
         return None  # not visible from here (a remote host's file)
 
 
-async def _wait_released(image: str, timeout: float = 30.0) -> None:
-    """libvirt reports a push complete 10-20 ms before QEMU closes the target:
-    wait until its image lock is released (`qemu-img info` without -U opens)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        probe = await asyncio.create_subprocess_exec(
-            "qemu-img",
-            "info",
-            image,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        if await probe.wait() == 0 or loop.time() > deadline:
-            return
-        await asyncio.sleep(0.02)
-
-
 class BackupRunner:
     def __init__(
         self,
@@ -154,8 +141,10 @@ class BackupRunner:
         poll_seconds: float,
         *,
         resumed: bool = False,
+        settings: Settings,
     ) -> None:
         self.database = database
+        self.settings = settings  # the roots, checked again at the moment of use
         self.hypervisor = hypervisor
         self.backup_id = backup_id
         self.epoch = epoch
@@ -221,7 +210,7 @@ class BackupRunner:
             log.info("backup %s: job found in libvirt, not starting another", backup.id)
             self._begun = True
         else:
-            self._prepare_directories(backup)
+            await self._prepare_directories(backup)
             await self.hypervisor.backup_begin(
                 backup.domain_uuid,
                 backup_spec(backup),
@@ -250,13 +239,14 @@ class BackupRunner:
             d.target and Path(d.target).exists() for d in backup.disks if d.backup
         )
 
-    def _prepare_directories(self, backup: Backup) -> None:
-        for disk in backup.disks:
-            for path in (disk.target, disk.scratch):
-                if disk.backup and path and disk.type == "file":
-                    Path(path).parent.mkdir(parents=True, exist_ok=True)
-        if backup.server and backup.server.get("socket"):
-            Path(backup.server["socket"]).parent.mkdir(parents=True, exist_ok=True)
+    async def _prepare_directories(self, backup: Backup) -> None:
+        """Room, directories and files checked again now, without following links
+        (a link or a file may have appeared since the request); the targets the
+        service is about to make are recorded first, as only those it may delete."""
+        made = await asyncio.to_thread(storage.prepare, backup, self.settings)
+        async with self.database.session_scope() as session:
+            for name in made:
+                await session.execute(self._disk_update(name, owns_target=True))
 
     async def _record_actual_values(self, backup: Backup) -> None:
         found = await self.hypervisor.backup_state(backup.domain_uuid)
@@ -388,8 +378,8 @@ class BackupRunner:
     async def _keep_results(self, backup: Backup) -> None:
         if backup.mode == "push":
             for disk in backup.disks:
-                if disk.backup and disk.target and Path(disk.target).exists():
-                    await _wait_released(disk.target)
+                if disk.backup and disk.target and disk.format and Path(disk.target).exists():
+                    await images.wait_released(images.Image(disk.target, disk.format))
         if backup.mode == "push" and backup.parent_backup_id is not None:
             await self._rebase_onto_previous(backup)
         checkpoint = (
@@ -423,23 +413,14 @@ class BackupRunner:
                 continue
             if disk.backupmode != "incremental":
                 continue
-            await asyncio.to_thread(
-                subprocess.run,
-                [
-                    "qemu-img",
-                    "rebase",
-                    "-u",
-                    "-f",
-                    "qcow2",
-                    "-b",
-                    before.target,
-                    "-F",
-                    before.format or "qcow2",
-                    disk.target,
-                ],
-                check=True,
-                capture_output=True,
-                timeout=120,
+            await images.rebase_unsafe(
+                self._confined(disk.target, "qcow2"), self._confined(before.target, before.format)
             )
             async with self.database.session_scope() as session:
                 await session.execute(self._disk_update(disk.name, backing_file=before.target))
+
+    def _confined(self, path: str, fmt: str | None) -> images.Image:
+        """A recorded backup file, under the backup root with no link on the way
+        (checked now, at the moment of use), as its recorded format."""
+        confine(path, self.settings.backups_dir, what="backup file")
+        return images.Image(path, fmt or "")
