@@ -6,7 +6,7 @@ by the worker, which writes nothing outside the root."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,10 @@ def other_vm(libvirt_conn: libvirt.virConnect, tmp_path: Path) -> Iterator[TestV
 
 
 @pytest.fixture
-async def database(app: FastAPI, client: httpx.AsyncClient) -> AsyncIterator[Database]:
-    yield app.state.vmbackup.database
+def database(app: FastAPI, client: httpx.AsyncClient) -> Database:
+    """The running app's database (after `client` has started it)."""
+    found: Database = app.state.vmbackup.database
+    return found
 
 
 async def post(client: httpx.AsyncClient, vm: TestVM, **body: Any) -> httpx.Response:
@@ -50,7 +52,9 @@ async def queued_behind_a_pull(
     return pull, push
 
 
-async def run_after(client: httpx.AsyncClient, pull: dict[str, Any], push_id: str) -> dict[str, Any]:
+async def run_after(
+    client: httpx.AsyncClient, pull: dict[str, Any], push_id: str
+) -> dict[str, Any]:
     assert (await client.post(f"/v1/backups/{pull['id']}/finish")).status_code == 202
     assert (await wait_for(client, pull["id"], TERMINAL))["status"] == "succeeded"
     return await wait_for(client, push_id, TERMINAL)

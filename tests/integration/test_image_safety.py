@@ -21,11 +21,8 @@ def guest_made_qcow2_header(tmp_path: Path, backing: Path) -> Path:
     """What a hostile guest writes at the start of its disk: a whole (empty)
     qcow2 image whose backing file is a host file, padded to whole sectors."""
     header = tmp_path / "guest-header.qcow2"
-    subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(backing), "-F", "raw"]
-        + [str(header), str(1 * MiB)],
-        check=True,
-    )
+    create = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(backing), "-F", "raw"]
+    subprocess.run([*create, str(header), str(1 * MiB)], check=True)
     size = header.stat().st_size
     with header.open("ab") as f:
         f.write(b"\0" * (-size % (64 * 1024)))
