@@ -64,13 +64,19 @@ async def _refuse_foreign(
         )
         if owner is not None:
             raise InvalidState(f"disk {disk.name}: {path} belongs to backup {owner}")
-        directory = Path(path or "").parent.name
+        for other in _uuids(Path(path or "").parent.parts):
+            if other != backup_id and await session.get(Backup, other) is not None:
+                raise InvalidState(f"disk {disk.name}: {path} is in backup {other}'s directory")
+
+
+def _uuids(names: tuple[str, ...]) -> list[uuid.UUID]:
+    found = []
+    for name in names:
         try:
-            other = uuid.UUID(directory)
+            found.append(uuid.UUID(name))
         except ValueError:
             continue
-        if other != backup_id and await session.get(Backup, other) is not None:
-            raise InvalidState(f"disk {disk.name}: {path} is in backup {other}'s directory")
+    return found
 
 
 def _check_files(backup: Backup, disks: list[BackupDisk], settings: Settings) -> list[str]:

@@ -73,6 +73,7 @@ async def test_another_domains_backup_file_cannot_be_a_target(
         {"reuse_external": True, "disks": [{"name": "vda", "target": {"file": their_file}}]},
         {"disks": [{"name": "vda", "target": {"file": their_file}}]},
         {"disks": [{"name": "vda", "target": {"file": f"{their_dir}/mine.qcow2"}}]},
+        {"disks": [{"name": "vda", "target": {"file": f"{their_dir}/sub/mine.qcow2"}}]},
     ):
         refused = await post(client, vm, **body)
         assert (refused.status_code, refused.json()["code"]) == (409, "invalid-state"), body
