@@ -63,6 +63,10 @@ class ImageToolError(AppError):
 class ChainMismatch(ImageToolError):
     """A recorded file's header is not the recorded format or names another backing file."""
 
+    status = 409
+    code = "chain-broken"
+    title = "Backup chain broken"
+
 
 @dataclass(frozen=True)
 class Image:

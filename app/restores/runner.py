@@ -30,13 +30,9 @@ log = logging.getLogger(__name__)
 async def recorded_chain(
     database: Database, backup_id: uuid.UUID, disk: str, settings: Settings
 ) -> list[images.Image]:
-    """The disk's links (oldest first) from the database, each file confined
-    to the backup root now, at the moment of use."""
     async with database.session_scope() as session:
-        links = await chain.disk_chain(session, await get_backup(session, backup_id), disk)
-    for link in links:
-        paths.confine(link.file or "", settings.backups_dir, what=f"disk {disk}: backup file")
-    return [images.Image(link.file or "", link.format or "") for link in links]
+        backup = await get_backup(session, backup_id)
+        return await chain.recorded_images(session, backup, disk, settings.backups_dir)
 
 
 async def _convert(
@@ -82,7 +78,8 @@ def _failure(restore_id: uuid.UUID, error: Exception) -> tuple[str, str]:
     """(code, message) for the restore's row: no tool output reaches clients."""
     if isinstance(error, images.ImageToolError):
         log.warning("restore %s: %s", restore_id, error)  # with the tool's stderr
-        return "restore-failed", error.message
+        code = error.code if isinstance(error, images.ChainMismatch) else "restore-failed"
+        return code, error.message
     if isinstance(error, AppError):
         return error.code, error.detail
     log.warning("restore %s: %s", restore_id, error)

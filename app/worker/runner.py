@@ -18,14 +18,14 @@ from sqlalchemy import Update, select, update
 from sqlalchemy.orm import selectinload
 
 from app import images
-from app.backups import storage
+from app.backups import chain, storage
 from app.backups.paths import confine
 from app.backups.planner import nbd_uri
 from app.checkpoints import repository
 from app.db.base import utcnow
 from app.db.models import Backup, BackupDisk, BackupStatus
 from app.db.session import Database
-from app.errors import AppError, DomainNotFound
+from app.errors import AppError, ChainBroken, DomainNotFound
 from app.hypervisor import (
     BackupDiskState,
     BackupMode,
@@ -399,28 +399,39 @@ class BackupRunner:
 
     async def _rebase_onto_previous(self, backup: Backup) -> None:
         """libvirt makes an incremental's qcow2 with the live disk as backing;
-        re-point it at the previous backup's file so the chain opens alone."""
+        re-point it at the previous backup's file so the chain opens alone. The
+        chain it joins is checked first, link by link against the record, and
+        again with the new link on top."""
         async with self.database.session_scope() as session:
-            previous = {
-                d.name: d
-                for d in await session.scalars(
-                    select(BackupDisk).where(BackupDisk.backup_id == backup.parent_backup_id)
-                )
+            parent = await session.scalar(
+                select(Backup)
+                .options(selectinload(Backup.disks))
+                .where(Backup.id == backup.parent_backup_id)
+            )
+            if parent is None:
+                raise ChainBroken(f"backup {backup.parent_backup_id}, the base, was deleted")
+            below = {
+                name: await chain.recorded_images(session, parent, name, self.root)
+                for name in self._rebased_disks(backup)
             }
         for disk in backup.disks:
-            before = previous.get(disk.name)
-            if not (disk.backup and disk.target and before and before.target):
+            if disk.name not in below or not disk.target:
                 continue
-            if disk.backupmode != "incremental":
-                continue
-            await images.rebase_unsafe(
-                self._confined(disk.target, "qcow2"), self._confined(before.target, before.format)
-            )
+            top = images.Image(disk.target, "qcow2")
+            confine(disk.target, self.root, what="backup file")
+            await images.verify_chain(below[disk.name])
+            await images.rebase_unsafe(top, below[disk.name][-1])
+            await images.verify_chain([*below[disk.name], top])
             async with self.database.session_scope() as session:
-                await session.execute(self._disk_update(disk.name, backing_file=before.target))
+                update_disk = self._disk_update(disk.name, backing_file=below[disk.name][-1].path)
+                await session.execute(update_disk)
 
-    def _confined(self, path: str, fmt: str | None) -> images.Image:
-        """A recorded backup file, under the backup root with no link on the way
-        (checked now, at the moment of use), as its recorded format."""
-        confine(path, self.settings.backups_dir, what="backup file")
-        return images.Image(path, fmt or "")
+    @staticmethod
+    def _rebased_disks(backup: Backup) -> set[str]:
+        return {
+            d.name for d in backup.disks if d.backup and d.target and d.backupmode == "incremental"
+        }
+
+    @property
+    def root(self) -> Path:
+        return self.settings.backups_dir

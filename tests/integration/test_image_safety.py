@@ -3,18 +3,29 @@ service opens is opened as the format it recorded (issue 8, item 1)."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import libvirt
 import pytest
 
 from tests.integration.test_backups import TERMINAL, start, wait_for
-from tests.integration.test_lineage import restored
+from tests.integration.test_lineage import backup_paused, restored
 from tests.support.vms import MiB, TestVM, pause, read_image, resume, write_bytes_from
 
 pytestmark = pytest.mark.libvirt
+
+
+async def finished(client: httpx.AsyncClient, location: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while (restore := (await client.get(location)).json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, restore
+        await asyncio.sleep(0.1)
+    return restore
 
 
 def guest_made_qcow2_header(tmp_path: Path, backing: Path) -> Path:
@@ -53,3 +64,37 @@ async def test_a_raw_backup_holding_a_guest_written_qcow2_header_restores_the_gu
     image = read_image(restore["disks"][0]["file"], fmt)
     assert b"HOST-SECRET-BYTES-" not in image
     assert image == disk_then
+
+
+async def test_a_recorded_file_naming_an_unrecorded_backing_file_is_not_restored_or_rebased_onto(
+    client: httpx.AsyncClient,
+    libvirt_conn: libvirt.virConnect,
+    vm: TestVM,
+    tmp_path: Path,
+) -> None:
+    """The header of a recorded file re-pointed behind the service's back (at a
+    host file): the restore and the next incremental's rebase check each header
+    against the record and refuse, and nothing reads the host file."""
+    host_file = tmp_path / "host-secret.bin"
+    host_file.write_bytes(b"HOST-SECRET-BYTES-" * (MiB // 18) + b"\0" * (MiB % 18))
+    full, _ = await backup_paused(client, libvirt_conn, vm)
+    full_file = full["disks"][0]["target"]
+    subprocess.run(
+        ["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", str(host_file), "-F", "raw", full_file],
+        check=True,
+    )
+
+    response = await client.post(f"/v1/backups/{full['id']}/restores", json={"format": "raw"})
+    assert response.status_code == 202, response.text
+    restore = await finished(client, response.headers["location"])
+    assert restore["status"] == "failed"
+    assert restore["error"]["code"] == "chain-broken"
+    assert "backing file" in restore["error"]["message"]
+    assert str(host_file) not in restore["error"]["message"]
+    assert not Path(restore["disks"][0]["file"]).exists()
+
+    incremental = await wait_for(client, (await start(client, vm))["id"], TERMINAL)
+    assert incremental["kind"] == "incremental"
+    assert incremental["status"] == "failed"
+    assert incremental["error"]["code"] == "chain-broken"
+    assert "backing file" in incremental["error"]["message"]
