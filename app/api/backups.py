@@ -140,9 +140,10 @@ async def get_chain(backup_id: uuid.UUID, _: ReadDep, session: SessionDep) -> Ch
     "/v1/backups/{backup_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(401, 403, 404, 409),
-    description="Deletes a terminal backup and the files it wrote. 409 `invalid-state` while "
-    "it is active, or while a later backup's chain needs it, unless `cascade=true`, which "
-    "deletes those later backups too.",
+    description="Deletes a terminal backup, the files it made (never a `reuse_external` file "
+    "nor another backup's) and its restores with their files. 409 `invalid-state` while it "
+    "is active, while one of its restores runs, or while a later backup's chain needs it, "
+    "unless `cascade=true`, which deletes those later backups too.",
 )
 async def delete_backup(
     backup_id: uuid.UUID,
