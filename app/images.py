@@ -25,7 +25,6 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from app.errors import AppError
@@ -90,7 +89,9 @@ class ImageInfo:
     backing_format: str | None
 
 
-async def _run(args: Sequence[str], timeout: float, *, log_failure: bool = True) -> str:
+async def _run(
+    args: Sequence[str], timeout: float, *, log_failure: bool = True, pass_fds: Sequence[int] = ()
+) -> str:
     """`qemu-img ARGS`; its stdout. Killed at the timeout, and when the caller is
     cancelled. A failure is logged with the tool's stderr, unless expected."""
     process = await asyncio.create_subprocess_exec(
@@ -99,6 +100,7 @@ async def _run(args: Sequence[str], timeout: float, *, log_failure: bool = True)
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        pass_fds=pass_fds,
     )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
@@ -211,16 +213,35 @@ def chain_spec(chain: Sequence[Image]) -> str:
     return "json:" + json.dumps(node)
 
 
+@dataclass(frozen=True)
+class InDirectory:
+    """A file named inside a directory the caller holds open (checked, without
+    following links, when it was opened): qemu-img reaches it through
+    `/proc/self/fd`, so a path swapped for a link afterwards is not followed."""
+
+    directory_fd: int
+    name: str
+
+    def __post_init__(self) -> None:
+        if "/" in self.name or self.name in ("", ".", ".."):
+            raise ChainMismatch(f"{self.name!r}: not a file name")
+
+    @property
+    def path(self) -> str:
+        return f"/proc/self/fd/{self.directory_fd}/{self.name}"
+
+
 async def convert(
-    chain: Sequence[Image], target: str | Path, target_format: str, *, timeout: float
+    chain: Sequence[Image], target: InDirectory, target_format: str, *, timeout: float
 ) -> None:
-    """Write the disk the chain holds (oldest first) to `target` as one
+    """Write the disk the chain holds (oldest first) into `target` as one
     standalone image of `target_format`."""
     if target_format not in FORMATS:
         raise ChainMismatch(f"target format {target_format!r} is not one of {FORMATS}")
     await _run(
-        ["convert", "-U", "-O", target_format, chain_spec(chain), str(target)],
+        ["convert", "-U", "-O", target_format, chain_spec(chain), target.path],
         timeout,
+        pass_fds=(target.directory_fd,),
     )
 
 

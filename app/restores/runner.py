@@ -54,7 +54,7 @@ async def _convert(
             if not stat.S_ISREG(found.st_mode):
                 raise PathNotAllowed(f"disk {disk['name']}: {name} is not a regular file")
             os.unlink(name, dir_fd=directory)  # ours, from a run that did not finish
-        target = os.path.join(os.path.dirname(disk["file"]), partial)
+        target = images.InDirectory(directory, partial)
         await images.convert(
             source, target, disk["format"], timeout=settings.restore_timeout_seconds
         )

@@ -3,13 +3,16 @@ probed; chains are opened only through the recorded links; calls time out."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from app import images
-from app.images import ChainMismatch, Image, ImageToolError
+from app.images import ChainMismatch, Image, ImageToolError, InDirectory
 
 MiB = 1024 * 1024
 SECRET = b"HOST-FILE-BYTES!" * (MiB // 16)
@@ -17,6 +20,15 @@ SECRET = b"HOST-FILE-BYTES!" * (MiB // 16)
 
 def qemu_img(*args: str) -> None:
     subprocess.run(["qemu-img", *args], check=True, capture_output=True)
+
+
+@contextmanager
+def into(path: Path) -> Iterator[InDirectory]:
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield InDirectory(fd, path.name)
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture
@@ -43,7 +55,8 @@ async def test_a_raw_file_with_a_qcow2_header_is_read_as_raw(
     found = await images.info(Image(str(raw_with_qcow2_header), "raw"))
     assert (found.format, found.virtual_size, found.backing_file) == ("raw", 4 * MiB, None)
     out = tmp_path / "out.raw"
-    await images.convert([Image(str(raw_with_qcow2_header), "raw")], out, "raw", timeout=60)
+    with into(out) as target:
+        await images.convert([Image(str(raw_with_qcow2_header), "raw")], target, "raw", timeout=60)
     assert out.read_bytes() == raw_with_qcow2_header.read_bytes()
 
 
@@ -55,7 +68,8 @@ async def test_convert_ends_the_chain_at_the_recorded_links(
     top = tmp_path / "top.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", "-b", str(host_file), "-F", "raw", str(top), "1M")
     out = tmp_path / "out.raw"
-    await images.convert([Image(str(top), "qcow2")], out, "raw", timeout=60)
+    with into(out) as target:
+        await images.convert([Image(str(top), "qcow2")], target, "raw", timeout=60)
     assert out.read_bytes() == b"\0" * MiB
 
 
@@ -94,10 +108,8 @@ async def test_a_call_past_its_timeout_is_killed_and_typed(tmp_path: Path) -> No
     source = tmp_path / "big.raw"
     with source.open("wb") as f:
         f.truncate(8 * 1024 * MiB)
-    with pytest.raises(ImageToolError, match="timed out"):
-        await images.convert(
-            [Image(str(source), "raw")], tmp_path / "out.qcow2", "qcow2", timeout=0.001
-        )
+    with into(tmp_path / "out.qcow2") as target, pytest.raises(ImageToolError, match="timed out"):
+        await images.convert([Image(str(source), "raw")], target, "qcow2", timeout=0.001)
 
 
 async def test_only_recorded_formats_and_absolute_paths_are_accepted(tmp_path: Path) -> None:
@@ -109,3 +121,21 @@ async def test_only_recorded_formats_and_absolute_paths_are_accepted(tmp_path: P
         images.chain_spec([Image("/a.qcow2", "qcow2"), Image("/b.raw", "raw")])
     with pytest.raises(ChainMismatch):
         await images.rebase_unsafe(Image("/b.raw", "raw"), Image("/a.qcow2", "qcow2"))
+
+
+async def test_convert_writes_into_the_directory_it_holds_even_if_its_path_is_swapped(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "disk.raw"
+    source.write_bytes(b"\x5a" * MiB)
+    (tmp_path / "restore").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    with into(tmp_path / "restore" / "vda.raw") as target:
+        (tmp_path / "restore").rename(tmp_path / "moved")
+        (tmp_path / "restore").symlink_to(outside)
+        await images.convert([Image(str(source), "raw")], target, "raw", timeout=60)
+    assert list(outside.iterdir()) == []
+    assert (tmp_path / "moved" / "vda.raw").read_bytes() == source.read_bytes()
+    with pytest.raises(ChainMismatch):
+        InDirectory(0, "../escape")
