@@ -21,6 +21,7 @@ from app.api import (
     problems,
     restores,
 )
+from app.api.admin import router as admin_router
 from app.api.state import AppState
 from app.db.session import Database
 from app.hosts.registry import HostRegistry, HypervisorFactory
@@ -103,6 +104,7 @@ def create_app(
     app.include_router(checkpoints.router)
     app.include_router(restores.router)
     app.include_router(policies.router)
+    app.include_router(admin_router)
     return app
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    false,
     or_,
     text,
 )
@@ -188,6 +189,12 @@ class BackupDisk(Base):
     bytes: Mapped[int | None] = mapped_column(BigInteger)
     # Push incrementals: the previous backup's file this one's qcow2 is re-pointed at.
     backing_file: Mapped[str | None] = mapped_column(Text)
+    # The service had libvirt make `target` (checked absent just before): only
+    # then is the file this backup's to delete. A reuse_external file is its maker's.
+    owns_target: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # What the backup is expected to write for this disk (capacity, or the
+    # base checkpoint's size), checked against free space before it starts.
+    estimated_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
     backup_row: Mapped[Backup] = relationship(back_populates="disks", lazy="raise")
 

@@ -282,7 +282,7 @@ class WorkerPool:
     def _start_restore(self, restore_id: uuid.UUID, epoch: int) -> None:
         async def run() -> None:
             try:
-                await run_restore(self.database, restore_id, epoch)
+                await run_restore(self.database, restore_id, epoch, self.settings)
             except transitions.LeaseLost as lost:
                 log.info("%s", lost)
             except Exception:
@@ -372,9 +372,7 @@ class WorkerPool:
             backup_id,
             epoch,
             signal,
-            poll_seconds=self.settings.poll_seconds,
-            outage_limit_seconds=self.settings.host_outage_limit_seconds,
-            checkpoints_kept=self.settings.checkpoints_per_domain,
+            self.settings,
             resumed=resumed,
         )
 
