@@ -132,3 +132,29 @@ class HypervisorError(AppError):
     def __init__(self, detail: str, libvirt_code: int | None = None, **extra: Any) -> None:
         super().__init__(detail, libvirt_code=libvirt_code, **extra)
         self.libvirt_code = libvirt_code
+
+
+class RetryLater(AppError):
+    """Refused for now, not for good: answered with `Retry-After`."""
+
+    def __init__(self, detail: str, *, retry_after: int, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after = retry_after
+
+
+class LimitReached(RetryLater):
+    """A configured limit (queued backups, open event streams) is reached: nothing
+    was done; the same request may succeed later."""
+
+    status = 429
+    code = "limit-reached"
+    title = "Limit reached"
+
+
+class IdempotencyInProgress(RetryLater):
+    """A request with this `Idempotency-Key` is still being processed, so its
+    answer is not known yet; retrying later replays it."""
+
+    status = 409
+    code = "idempotency-in-progress"
+    title = "Idempotency key in use by a request in progress"
