@@ -83,7 +83,7 @@ async def list_backups(
     domain: Annotated[str | None, Query(description="domain name or UUID")] = None,
     status_filter: Annotated[StatusFilter | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Annotated[str | None, Query(max_length=512, pattern=r"^[A-Za-z0-9_-]+$")] = None,
 ) -> BackupList:
     filters = service.BackupFilters(host=host, domain=domain, status=status_filter)
     return await service.list_backups(session, filters=filters, limit=limit, cursor=cursor)

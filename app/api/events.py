@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -15,17 +16,33 @@ from app.errors import InvalidRequest
 
 router = APIRouter(tags=["events"])
 EVENT_STREAM = "text/event-stream"
-LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)]
+# ASCII digits only: str.isdigit() also takes '²' and other digits int() refuses.
+EVENT_ID_PATTERN = r"^[0-9]{1,19}$"
+MAX_EVENT_ID = 2**63 - 1  # ids are signed 64-bit on both backends
+LastEventId = Annotated[
+    str | None,
+    Header(
+        alias="Last-Event-ID",
+        pattern=EVENT_ID_PATTERN,
+        description="The id of the last event received: the stream resumes after it. "
+        f"Decimal ASCII digits, at most {MAX_EVENT_ID}; anything else is 422.",
+    ),
+]
 _SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"description": "Server-sent events", "content": {EVENT_STREAM: {}}}
 }
 
 
 def _after(last_event_id: str | None) -> int | None:
+    """The event id to resume after, checked before the stream starts: once the
+    headers are sent, an error can only cut the connection."""
     if last_event_id is None:
         return None
-    if not last_event_id.isdigit():
-        raise InvalidRequest("Last-Event-ID: an event id this service sent")
+    if not re.fullmatch(EVENT_ID_PATTERN, last_event_id) or int(last_event_id) > MAX_EVENT_ID:
+        raise InvalidRequest(
+            "Last-Event-ID: an event id this service sent",
+            errors=[{"field": "header.Last-Event-ID", "message": "not an event id"}],
+        )
     return int(last_event_id)
 
 
@@ -51,9 +68,10 @@ async def backup_events(
     state: StateDep,
     last_event_id: LastEventId = None,
 ) -> StreamingResponse:
+    after = _after(last_event_id) or 0
     await service.get_backup(session, backup_id)  # 404 before the stream starts
     feed = events.FeedFilter(backup_id=backup_id)
-    return _streaming(events.stream(state.database, feed, _after(last_event_id) or 0))
+    return _streaming(events.stream(state.database, feed, after))
 
 
 @router.get(

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import anyio
 from sqlalchemy import func, select
 
 from app.backups.service import BackupFilters
@@ -66,12 +67,35 @@ async def _page(
     if feed.backup_id is not None:
         query = query.where(BackupEvent.backup_id == feed.backup_id)
     query = feed.backups.apply(query)
-    async with database.session_scope() as session:
-        return [(row.BackupEvent, row.Backup) for row in await session.execute(query)]
+    # A client that disconnects cancels the stream (Starlette cancels its scope, and
+    # keeps cancelling every await after). Inside a query that would cancel the
+    # session's own rollback and close too, leaving the pooled connection to the
+    # garbage collector ("Task was destroyed but it is pending" from aiosqlite): so
+    # a read runs to its end and the cancellation lands at the next yield or wait.
+    with anyio.CancelScope(shield=True):
+        async with database.session_scope() as session:
+            rows = [(row.BackupEvent, row.Backup) for row in await session.execute(query)]
+    return rows
+
+
+async def _ended(database: Database, backup_id: uuid.UUID) -> bool:
+    with anyio.CancelScope(shield=True):  # as in _page
+        async with database.session_scope() as session:
+            status = await session.scalar(select(Backup.status).where(Backup.id == backup_id))
+    return status is None or BackupStatus(status) in TERMINAL_STATUSES
 
 
 def _ends(event: BackupEvent, feed: FeedFilter) -> bool:
     return feed.backup_id is not None and BackupStatus(event.status) in TERMINAL_STATUSES
+
+
+async def _nothing_more(database: Database, feed: FeedFilter, after: int) -> bool:
+    """A single backup's stream resumed after its terminal event (or the backup
+    deleted) has nothing to wait for. The status is read before the events: the
+    terminal event is committed with the status, so a second look finds it."""
+    if feed.backup_id is None or not await _ended(database, feed.backup_id):
+        return False
+    return not await _page(database, feed, after)
 
 
 async def stream(database: Database, feed: FeedFilter, after: int) -> AsyncIterator[str]:
@@ -87,9 +111,14 @@ async def stream(database: Database, feed: FeedFilter, after: int) -> AsyncItera
             after = event.id
             if _ends(event, feed):
                 return
+            # Reads are shielded and sends do not wait: this is where a disconnected
+            # client's cancellation lands while a backlog is replayed.
+            await asyncio.sleep(0)
         if rows:
             quiet_since = loop.time()
             continue
+        if await _nothing_more(database, feed, after):
+            return
         if loop.time() - quiet_since >= KEEPALIVE_SECONDS:
             yield ": keepalive\n\n"
             quiet_since = loop.time()

@@ -212,13 +212,31 @@ def encode_cursor(backup: Backup) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def _not_a_cursor() -> InvalidRequest:
+    return InvalidRequest(
+        "cursor: not a cursor this service gave out",
+        errors=[{"field": "query.cursor", "message": "not a cursor"}],
+    )
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The keyset position `encode_cursor` wrote. The client holds the cursor, so
+    anything else it sends (other JSON, a naive time) is 422, never a 500 later."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, backup_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), uuid.UUID(backup_id)
-    except (binascii.Error, ValueError, TypeError) as error:
-        raise InvalidRequest("cursor: not a cursor this service gave out") from error
+        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, RecursionError) as error:  # bad base64, UTF-8, JSON
+        raise _not_a_cursor() from error
+    match decoded:
+        case [str() as created_at, str() as backup_id]:
+            try:
+                position = datetime.fromisoformat(created_at), uuid.UUID(backup_id)
+            except ValueError as error:
+                raise _not_a_cursor() from error
+            if position[0].tzinfo is None:  # cannot be compared with stored times
+                raise _not_a_cursor()
+            return position
+        case _:
+            raise _not_a_cursor()
 
 
 @dataclass(frozen=True)
