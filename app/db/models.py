@@ -183,7 +183,11 @@ class BackupEvent(Base):
     """Every status change and progress step: the audit trail and the SSE feed."""
 
     __tablename__ = "backup_events"
-    __table_args__ = (Index("ix_backup_events_backup_id_id", "backup_id", "id"),)
+    # Ids are SSE ids, so never reused: SQLite reuses deleted rowids without AUTOINCREMENT.
+    __table_args__ = (
+        Index("ix_backup_events_backup_id_id", "backup_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     backup_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("backups.id", ondelete="CASCADE"))

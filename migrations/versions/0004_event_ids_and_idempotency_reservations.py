@@ -1,0 +1,35 @@
+"""event ids never reused on SQLite; idempotency keys reserved before the work
+
+Revision ID: 0004
+Revises: 0001
+Create Date: 2026-11-26 00:50:00
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0004"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def _events_autoincrement(enabled: bool) -> None:
+    # Without AUTOINCREMENT, SQLite gives a new row max(id) + 1: deleting the newest
+    # backups frees their event ids, and a dashboard resuming with Last-Event-ID
+    # would skip the events that reuse them. PostgreSQL's sequence never reuses.
+    if op.get_bind().dialect.name != "sqlite":
+        return
+    with op.batch_alter_table(
+        "backup_events", recreate="always", table_kwargs={"sqlite_autoincrement": enabled}
+    ):
+        pass
+
+
+def upgrade() -> None:
+    _events_autoincrement(True)
+
+
+def downgrade() -> None:
+    _events_autoincrement(False)
