@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -16,10 +17,45 @@ from sqlalchemy import func, select
 from app.backups.service import BackupFilters
 from app.db.models import TERMINAL_STATUSES, Backup, BackupEvent, BackupStatus
 from app.db.session import Database
+from app.errors import LimitReached
 
 PAGE = 200
 RECHECK_SECONDS = 1.0  # commits by other replicas are only seen by looking
 KEEPALIVE_SECONDS = 15.0
+STREAM_RETRY_AFTER_SECONDS = 10
+
+
+class StreamSlots:
+    """The open streams of each token in this process. Each stream polls the
+    database, so a token may hold only so many; a stream frees its slot when it
+    ends or its client goes away."""
+
+    def __init__(self) -> None:
+        self._open: Counter[str] = Counter()
+
+    def open(self, holder: str) -> int:
+        return self._open[holder]
+
+    def take(self, holder: str, limit: int) -> Callable[[], None]:
+        """A slot for `holder`, or LimitReached; call the result (once or more) to free it."""
+        if self._open[holder] >= limit:
+            raise LimitReached(
+                f"this token has {limit} event streams open "
+                "(VMBACKUP_MAX_STREAMS_PER_TOKEN): close one first",
+                retry_after=STREAM_RETRY_AFTER_SECONDS,
+            )
+        self._open[holder] += 1
+        freed = False
+
+        def free() -> None:
+            nonlocal freed
+            if not freed:
+                freed = True
+                self._open[holder] -= 1
+                if self._open[holder] <= 0:
+                    del self._open[holder]
+
+        return free
 
 
 @dataclass(frozen=True)
@@ -98,7 +134,7 @@ async def _nothing_more(database: Database, feed: FeedFilter, after: int) -> boo
     return not await _page(database, feed, after)
 
 
-async def stream(database: Database, feed: FeedFilter, after: int) -> AsyncIterator[str]:
+async def stream(database: Database, feed: FeedFilter, after: int) -> AsyncGenerator[str, None]:
     """SSE text: every event after `after`, then new ones as they are committed;
     a single backup's stream ends after its terminal event."""
     loop = asyncio.get_running_loop()

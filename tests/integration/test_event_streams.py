@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import logging
 import socket
 import time
@@ -19,6 +20,30 @@ from sqlalchemy import event
 from sqlalchemy.util import await_
 
 from app.api.state import AppState
+from app.settings import Settings, TokenSetting
+from tests.integration.test_backups import TERMINAL, start, wait_for
+from tests.support.vms import TestVM
+
+# Two tokens with one name: limits count per token (its digest), not per name.
+TOKENS = {"first": "token-one-secret", "second": "token-two-secret"}
+STREAMS_PER_TOKEN = 2
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[token]}"}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    tokens = [
+        TokenSetting(
+            name="dashboard", sha256=hashlib.sha256(t.encode()).hexdigest(), scopes=["admin"]
+        )
+        for t in TOKENS.values()
+    ]
+    return settings.model_copy(
+        update={"tokens": tokens, "max_streams_per_token": STREAMS_PER_TOKEN}
+    )
 
 
 class Served:
@@ -88,7 +113,8 @@ async def test_a_client_leaving_during_a_read_leaves_no_pending_task(
     event.listen(engine, "before_cursor_execute", hold_the_read)
     try:
         async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
-            async with client.stream("GET", "/v1/events", headers={"Last-Event-ID": "0"}):
+            headers = {"Last-Event-ID": "0", **_auth("first")}
+            async with client.stream("GET", "/v1/events", headers=headers):
                 await asyncio.wait_for(in_read.wait(), 30)
         await served.until(lambda: not served.server.server_state.connections, "disconnected")
         client_gone.set()
@@ -98,3 +124,49 @@ async def test_a_client_leaving_during_a_read_leaves_no_pending_task(
     finally:
         event.remove(engine, "before_cursor_execute", hold_the_read)
     assert _leaks(caplog.records) == []
+
+
+def _limit_reached(response: httpx.Response) -> bool:
+    if response.status_code != 429:
+        return False
+    assert response.headers["content-type"] == "application/problem+json"
+    assert int(response.headers["retry-after"]) > 0
+    return bool(response.json()["code"] == "limit-reached")
+
+
+async def _open(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    return await client.send(
+        client.build_request("GET", "/v1/events", headers=_auth(token)), stream=True
+    )
+
+
+async def test_a_token_holds_a_bounded_number_of_streams(served: Served) -> None:
+    async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
+        held = [await _open(client, "first") for _ in range(STREAMS_PER_TOKEN)]
+        assert [r.status_code for r in held] == [200] * STREAMS_PER_TOKEN
+        assert _limit_reached(await client.get("/v1/events", headers=_auth("first")))
+        other = await _open(client, "second")  # the other token of that name has its own
+        assert other.status_code == 200
+        await other.aclose()
+
+        await held.pop().aclose()  # the client goes away: its slot is freed
+        deadline = time.monotonic() + 30
+        while not (again := await _open(client, "first")).status_code == 200:
+            assert _limit_reached(again)
+            await again.aclose()
+            assert time.monotonic() < deadline, "the slot of a closed stream was not freed"
+            await asyncio.sleep(0.05)
+        for response in (again, *held):
+            await response.aclose()
+    await served.until_idle()
+    assert served.state.streams.open(hashlib.sha256(TOKENS["first"].encode()).hexdigest()) == 0
+
+
+@pytest.mark.libvirt
+async def test_a_stream_that_ends_frees_its_slot(served: Served, vm: TestVM) -> None:
+    async with httpx.AsyncClient(base_url=served.url, timeout=60, headers=_auth("first")) as client:
+        backup = await wait_for(client, (await start(client, vm))["id"], TERMINAL)
+        for _ in range(STREAMS_PER_TOKEN + 2):  # each ends after the terminal event
+            response = await client.get(f"/v1/backups/{backup['id']}/events")
+            assert response.status_code == 200, response.text
+            assert "event: status" in response.text
