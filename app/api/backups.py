@@ -38,10 +38,13 @@ def _accepted(state: AppState, session: AsyncSession, backup: BackupOut) -> JSON
     "/v1/hosts/{host}/domains/{domain}/backups",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BackupOut,
-    responses=problem_responses(401, 403, 404, 409, 422, 503),
+    responses=problem_responses(401, 403, 404, 409, 422, 429, 503),
     description="Starts a backup: validated against live libvirt, planned, and queued; a "
     "worker runs it. A second backup of a domain waits as `queued` until the first ends. "
-    "The same `Idempotency-Key` and body within 24 h returns the first response again.",
+    "The same `Idempotency-Key` and body within 24 h returns the first response again. "
+    "Limits (settings): a domain or a host with its most `queued` backups is 429 "
+    "`limit-reached` with `Retry-After`; `ttl_seconds` above `MAX_PULL_TTL_SECONDS` is 422; "
+    "a `tcp` export off loopback needs `tls` unless `ALLOW_PLAIN_TCP_EXPORTS` (else 422).",
 )
 async def start_backup(
     host: str,
