@@ -146,27 +146,25 @@ async def _reserve(
             reservation = await _insert(engine, namespace, key, request_hash)
             if reservation is not None:
                 return reservation
-            continue
-        if row.status_code is not None and row.created_at < now - KEEP_FOR:
+        elif row.status_code is not None and row.created_at < now - KEEP_FOR:
             await _release(engine, Reservation(row.principal, row.key, row.created_at))
-            continue  # expired: the key is free again
-        if row.request_hash != request_hash:
+        elif row.request_hash != request_hash:
             raise IdempotencyConflict(f"Idempotency-Key {key!r} was used with another request")
-        if row.status_code is not None:
+        elif row.status_code is not None:
             return _replay(row)
-        if row.created_at < now - ABANDONED_AFTER:
+        elif row.created_at < now - ABANDONED_AFTER:
             taken = await _take_over(engine, row)
             if taken is not None:
                 return taken
-            continue
+        else:
+            await asyncio.sleep(pause)  # other replicas' answers are only seen by looking
+            pause = min(pause * 2, 0.5)
         if loop.time() >= deadline:
             raise IdempotencyInProgress(
                 f"a request with Idempotency-Key {key!r} is still in progress: retry to get "
                 "its answer",
                 retry_after=IN_PROGRESS_RETRY_AFTER_SECONDS,
             )
-        await asyncio.sleep(pause)  # other replicas' answers can only be seen by looking
-        pause = min(pause * 2, 0.5)
 
 
 async def _answer(session: AsyncSession, reservation: Reservation, response: JSONResponse) -> None:
