@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import libvirt
 import pytest
+from fastapi import FastAPI
 
+from app.api import idempotency
+from app.checkpoints.schemas import CheckpointCreate
+from app.db.base import utcnow
+from app.db.models import IdempotencyKey
 from app.settings import Settings, TokenSetting
 from tests.support.vms import TestVM
 
@@ -108,3 +114,43 @@ async def test_a_request_that_fails_frees_its_key(
     assert created.status_code == 201, created.text
     live = libvirt_conn.lookupByUUIDString(vm.uuid).listAllCheckpoints()
     assert [cp.getName() for cp in live] == ["after"]
+
+
+async def _reserved_by_another(
+    app: FastAPI, vm: TestVM, body: dict[str, Any], at: datetime
+) -> None:
+    """The row a request holding key `held` for this body would have left."""
+    request_hash = idempotency.fingerprint("POST", _checkpoints(vm), CheckpointCreate(**body))
+    digest = hashlib.sha256(TOKENS["first"].encode()).hexdigest()
+    async with app.state.vmbackup.database.session_scope() as session:
+        session.add(
+            IdempotencyKey(principal=digest, key="held", request_hash=request_hash, created_at=at)
+        )
+
+
+async def test_a_duplicate_of_a_request_still_in_progress_gets_409(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    libvirt_conn: libvirt.virConnect,
+    vm: TestVM,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(idempotency, "WAIT_SECONDS", 0.5)  # rather than half a minute
+    await _reserved_by_another(app, vm, {"name": "x"}, utcnow())
+    waiting = await client.post(_checkpoints(vm), json={"name": "x"}, headers=_as("first", "held"))
+    assert (waiting.status_code, waiting.json()["code"]) == (409, "idempotency-in-progress")
+    assert int(waiting.headers["retry-after"]) > 0
+    assert libvirt_conn.lookupByUUIDString(vm.uuid).listAllCheckpoints() == []
+
+
+async def test_a_key_left_reserved_by_a_dead_request_is_taken_over(
+    app: FastAPI, client: httpx.AsyncClient, libvirt_conn: libvirt.virConnect, vm: TestVM
+) -> None:
+    long_ago = utcnow() - idempotency.ABANDONED_AFTER - timedelta(seconds=1)
+    await _reserved_by_another(app, vm, {"name": "x"}, long_ago)
+    created = await client.post(_checkpoints(vm), json={"name": "x"}, headers=_as("first", "held"))
+    assert created.status_code == 201, created.text
+    again = await client.post(_checkpoints(vm), json={"name": "x"}, headers=_as("first", "held"))
+    assert again.json() == created.json()
+    live = libvirt_conn.lookupByUUIDString(vm.uuid).listAllCheckpoints()
+    assert [cp.getName() for cp in live] == ["x"]
