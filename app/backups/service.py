@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, event, select, update
+from sqlalchemy import Select, event, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -42,7 +42,14 @@ from app.db.models import (
     Restore,
     RestoreStatus,
 )
-from app.errors import AppError, BackupNotFound, DomainNotRunning, InvalidRequest, InvalidState
+from app.errors import (
+    AppError,
+    BackupNotFound,
+    DomainNotRunning,
+    InvalidRequest,
+    InvalidState,
+    LimitReached,
+)
 from app.hosts.registry import HostRegistry
 from app.hypervisor import DomainInfo, Hypervisor
 from app.restores import files as restore_files
@@ -52,6 +59,8 @@ log = logging.getLogger(__name__)
 
 # Any select over backups (SQLAlchemy 2.1 types a select by its variadic row).
 SelectT = TypeVar("SelectT", bound=Select[*tuple[Any, ...]])
+# A queued backup waits for the one before it on its domain: minutes, typically.
+QUEUE_RETRY_AFTER_SECONDS = 60
 
 
 def backup_out(backup: Backup) -> BackupOut:
@@ -151,6 +160,49 @@ def _chosen_at_start(body: BackupCreate) -> bool:
     return body.effective_kind == "auto" and not any(d.backupmode for d in body.disks or [])
 
 
+def _refuse_out_of_bounds(body: BackupCreate, settings: Settings) -> None:
+    if body.ttl_seconds is not None and body.ttl_seconds > settings.max_pull_ttl_seconds:
+        raise InvalidRequest(
+            f"ttl_seconds: at most {settings.max_pull_ttl_seconds} (VMBACKUP_MAX_PULL_TTL_SECONDS)",
+            errors=[{"field": "body.ttl_seconds", "message": "above the configured bound"}],
+        )
+
+
+async def _queued(session: AsyncSession, host: str, domain_uuid: str | None = None) -> int:
+    query = select(func.count()).where(Backup.host == host, Backup.status == BackupStatus.QUEUED)
+    if domain_uuid is not None:
+        query = query.where(Backup.domain_uuid == domain_uuid)
+    return int(await session.scalar(query) or 0)
+
+
+async def _refuse_a_full_queue(
+    session: AsyncSession, settings: Settings, host: str, domain: DomainInfo, *, adding: int
+) -> None:
+    """429 when the domain's or the host's queue is full, counting `adding` more."""
+    limits = (
+        (domain.uuid, settings.max_queued_backups_per_domain, f"domain {domain.name}", "DOMAIN"),
+        (None, settings.max_queued_backups_per_host, f"host {host}", "HOST"),
+    )
+    for domain_uuid, limit, whose, setting in limits:
+        queued = await _queued(session, host, domain_uuid)
+        if queued + adding > limit:
+            raise LimitReached(
+                f"{whose} has {queued} queued backups, the most allowed "
+                f"(VMBACKUP_MAX_QUEUED_BACKUPS_PER_{setting}): retry once one has started",
+                retry_after=QUEUE_RETRY_AFTER_SECONDS,
+            )
+
+
+async def _hold_the_queue(session: AsyncSession, host: str) -> None:
+    """Counts that include concurrent requests. SQLite has one writer: after our
+    insert, no other request's insert can commit before ours. PostgreSQL needs a
+    lock, held to the end of the transaction, so two inserts cannot both count
+    before either commits."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = func.hashtext(f"vmbackup.queue:{host}")
+        await session.execute(select(func.pg_advisory_xact_lock(key)))
+
+
 async def create_backup(
     session: AsyncSession,
     hosts: HostRegistry,
@@ -161,11 +213,15 @@ async def create_backup(
     body: BackupCreate,
 ) -> Backup:
     """Validate against live libvirt, plan, and write the intent as `queued`."""
+    _refuse_out_of_bounds(body, settings)
+    backup_id = uuid.uuid4()
+    server = planner.plan_server(body.server, backup_id, settings) if body.mode == "pull" else None
     hypervisor = hosts.get(host)
     domain = await hypervisor.get_domain(domain_ref)
     if not domain.active:
         raise DomainNotRunning(f"domain {domain.name} is {domain.state}")
     planner.select_disks(domain, body.disks)  # unknown disks before anything slower
+    await _refuse_a_full_queue(session, settings, host, domain, adding=1)  # before any work
     checkpoint = _checkpoint_request(body)
     if checkpoint is not None and checkpoint.name is not None:
         await _refuse_taken_name(session, hypervisor, domain, checkpoint.name)
@@ -178,7 +234,7 @@ async def create_backup(
         mode=body.mode,
         provisional=_chosen_at_start(body),
     )
-    backup_id, now = uuid.uuid4(), utcnow()
+    now = utcnow()
     disks = _disk_rows(body, domain, backup_id, base.checkpoint is not None, settings)
     has_bitmaps = any(disk.backup and disk.bitmap for disk in disks)
     kind = "incremental" if base.checkpoint else "full"
@@ -205,15 +261,15 @@ async def create_backup(
         if body.mode == "pull"
         else None,
         description=body.description,
-        server=planner.plan_server(body.server, backup_id, settings)
-        if body.mode == "pull"
-        else None,
+        server=server,
         created_at=now,
         disks=disks,
     )
     await storage.check_request(session, hypervisor, domain, backup, settings)
     transitions.queue_backup(session, backup)
     await session.flush()
+    await _hold_the_queue(session, host)
+    await _refuse_a_full_queue(session, settings, host, domain, adding=0)  # with ours, exactly
     return backup
 
 
@@ -233,13 +289,31 @@ def encode_cursor(backup: Backup) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def _not_a_cursor() -> InvalidRequest:
+    return InvalidRequest(
+        "cursor: not a cursor this service gave out",
+        errors=[{"field": "query.cursor", "message": "not a cursor"}],
+    )
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The keyset position `encode_cursor` wrote. The client holds the cursor, so
+    anything else it sends (other JSON, a naive time) is 422, never a 500 later."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, backup_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), uuid.UUID(backup_id)
-    except (binascii.Error, ValueError, TypeError) as error:
-        raise InvalidRequest("cursor: not a cursor this service gave out") from error
+        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, RecursionError) as error:  # bad base64, UTF-8, JSON
+        raise _not_a_cursor() from error
+    match decoded:
+        case [str() as created_at, str() as backup_id]:
+            try:
+                position = datetime.fromisoformat(created_at), uuid.UUID(backup_id)
+            except ValueError as error:
+                raise _not_a_cursor() from error
+            if position[0].tzinfo is None:  # cannot be compared with stored times
+                raise _not_a_cursor()
+            return position
+        case _:
+            raise _not_a_cursor()
 
 
 @dataclass(frozen=True)
