@@ -3,13 +3,9 @@ status belongs to the worker pool: the API records requests (`end_action`)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +29,7 @@ from app.backups.schemas import (
     ProgressOut,
 )
 from app.checkpoints import repository
+from app.db import keyset
 from app.db.base import utcnow
 from app.db.models import (
     TERMINAL_STATUSES,
@@ -284,38 +281,6 @@ async def get_backup(session: AsyncSession, backup_id: uuid.UUID) -> Backup:
     return backup
 
 
-def encode_cursor(backup: Backup) -> str:
-    raw = json.dumps([backup.created_at.isoformat(), str(backup.id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _not_a_cursor() -> InvalidRequest:
-    return InvalidRequest(
-        "cursor: not a cursor this service gave out",
-        errors=[{"field": "query.cursor", "message": "not a cursor"}],
-    )
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """The keyset position `encode_cursor` wrote. The client holds the cursor, so
-    anything else it sends (other JSON, a naive time) is 422, never a 500 later."""
-    try:
-        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError, RecursionError) as error:  # bad base64, UTF-8, JSON
-        raise _not_a_cursor() from error
-    match decoded:
-        case [str() as created_at, str() as backup_id]:
-            try:
-                position = datetime.fromisoformat(created_at), uuid.UUID(backup_id)
-            except ValueError as error:
-                raise _not_a_cursor() from error
-            if position[0].tzinfo is None:  # cannot be compared with stored times
-                raise _not_a_cursor()
-            return position
-        case _:
-            raise _not_a_cursor()
-
-
 @dataclass(frozen=True)
 class BackupFilters:
     host: str | None = None
@@ -338,14 +303,14 @@ async def list_backups(
     query = _with_disks().order_by(Backup.created_at.desc(), Backup.id.desc()).limit(limit + 1)
     query = filters.apply(query)
     if cursor is not None:
-        created_at, backup_id = decode_cursor(cursor)
+        created_at, backup_id = keyset.decode(cursor)
         query = query.where(
             (Backup.created_at < created_at)
             | ((Backup.created_at == created_at) & (Backup.id < backup_id))
         )
     rows = list((await session.scalars(query)).all())
     page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
+    next_cursor = keyset.encode(page[-1].created_at, page[-1].id) if len(rows) > limit else None
     return BackupList(items=[backup_out(b) for b in page], next_cursor=next_cursor)
 
 
