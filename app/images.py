@@ -13,13 +13,16 @@ and nowhere else:
 - every call has a timeout, and fails with `ImageToolError`, which carries the
   tool's stderr for the logs (clients get `message`, which quotes no output).
 
-The service runs no NBD tool itself; a client reads pull exports with its own.
+The one NBD tool the service runs is `nbdcopy`, with `qemu-nbd` serving the
+pinned chain read-only, to stream a disk's content into a digest (`digest`);
+a client reads pull exports with its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -264,3 +267,69 @@ async def rebase_unsafe(image: Image, backing: Image, *, timeout: float = REBASE
         ],
         timeout,
     )
+
+
+DIGEST_CHUNK = 1024 * 1024
+CHECK_TIMEOUT = 600.0
+
+
+async def check(image: Image, *, timeout: float = CHECK_TIMEOUT) -> None:
+    """`qemu-img check` of a qcow2 file's metadata (a raw file has none):
+    ChainMismatch when it finds corruptions or leaks it cannot account for."""
+    if image.format != "qcow2":
+        return
+    try:
+        raw = await _run(
+            ["check", "-f", image.format, "--output=json", image.path], timeout, log_failure=False
+        )
+    except ImageToolError as error:
+        # Exit 2: corruptions found; 3: leaked clusters only (harmless); else unreadable.
+        raise ChainMismatch(f"{image.path}: qemu-img check failed", stderr=error.stderr) from None
+    found = json.loads(raw)
+    if found.get("corruptions") or found.get("check-errors"):
+        raise ChainMismatch(f"{image.path}: qemu-img check finds the image corrupt")
+
+
+async def digest(chain: Sequence[Image], *, timeout: float) -> str:
+    """SHA-256 of the disk the chain holds (oldest first), read once, in order:
+    `qemu-nbd` serves the pinned chain read-only (nothing a header names is
+    opened) and `nbdcopy` streams it to us; no temporary copy is written."""
+    process = await asyncio.create_subprocess_exec(
+        "nbdcopy",
+        "--",
+        "[",
+        "qemu-nbd",
+        "--read-only",
+        "--persistent",
+        chain_spec(chain),
+        "]",
+        "-",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = process.stdout, process.stderr
+    assert stdout is not None
+    assert stderr is not None
+    hashed = hashlib.sha256()
+
+    async def read_all() -> None:
+        while chunk := await stdout.read(DIGEST_CHUNK):
+            hashed.update(chunk)
+        await process.wait()
+
+    try:
+        await asyncio.wait_for(read_all(), timeout)
+    except (TimeoutError, asyncio.CancelledError) as stopped:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        if isinstance(stopped, TimeoutError):
+            raise ImageToolError(f"reading a chain timed out after {timeout:g} s") from None
+        raise
+    if process.returncode != 0:
+        raise ImageToolError(
+            f"nbdcopy failed reading a chain (exit {process.returncode})",
+            stderr=(await stderr.read()).decode(errors="replace").strip(),
+        )
+    return hashed.hexdigest()

@@ -15,7 +15,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.db.models import Backup, BackupDisk, BackupStatus, Policy, PolicyRun
+from app.db.models import (
+    VERIFICATION_CORRUPT,
+    Backup,
+    BackupDisk,
+    BackupStatus,
+    Policy,
+    PolicyRun,
+)
 from app.hosts.registry import HostRegistry
 
 
@@ -69,6 +76,7 @@ class Snapshot(Collector):
     last_duration: dict[tuple[str, str], float] = field(default_factory=dict)
     hosts_up: dict[str, bool] = field(default_factory=dict)
     policies: dict[str, PolicyFigures] = field(default_factory=dict)
+    corrupt: int = 0
 
     def collect(self) -> Iterator[Metric]:
         backups = GaugeMetricFamily("vmbackup_backups", "Backups by status", labels=["status"])
@@ -94,6 +102,11 @@ class Snapshot(Collector):
         for host, connected in sorted(self.hosts_up.items()):
             up.add_metric([host], 1 if connected else 0)
         yield up
+        yield GaugeMetricFamily(
+            "vmbackup_backups_corrupt",
+            "Backups whose verification found their files changed or damaged",
+            value=self.corrupt,
+        )
         yield from _per_policy(self.policies)
 
 
@@ -161,6 +174,8 @@ async def snapshot(session: AsyncSession, hosts: HostRegistry) -> Snapshot:
         hosts_up={host.name: host.status.connected for host in hosts},
     )
     result.policies = await _policy_figures(session)
+    corrupt = Backup.verification_status == VERIFICATION_CORRUPT
+    result.corrupt = int(await session.scalar(select(func.count()).where(corrupt)) or 0)
     for host, domain, started_at, finished_at in last:
         if finished_at is None:  # excluded by the join; the type does not know
             continue

@@ -113,6 +113,24 @@ async def finish_backup(
 
 
 @router.post(
+    "/v1/backups/{backup_id}/verify",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=BackupOut,
+    responses=problem_responses(401, 403, 404, 409),
+    description="Succeeded push backups only (else 409 `invalid-state`): a worker re-reads "
+    "the backup's chain, `qemu-img check` of each file and then the content digest against "
+    "the one recorded when it completed (`verify: true`; without one, the digest is recorded "
+    "now). `verification.status` goes `running`, then `ok` or `corrupt`; a corrupt backup "
+    "is never a base, and the chains through it answer 409 `chain-broken`.",
+)
+async def verify_backup(
+    backup_id: uuid.UUID, _: OperateDep, session: SessionDep, state: StateDep
+) -> JSONResponse:
+    backup = await service.request_verification(session, backup_id)
+    return _accepted(state, session, service.backup_out(backup))
+
+
+@router.post(
     "/v1/backups/{backup_id}/cancel",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BackupOut,

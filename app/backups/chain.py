@@ -13,7 +13,7 @@ from sqlalchemy.orm import selectinload
 
 from app import images
 from app.backups.paths import confine
-from app.db.models import Backup, BackupDisk, BackupStatus
+from app.db.models import VERIFICATION_CORRUPT, Backup, BackupDisk, BackupStatus
 from app.errors import ChainBroken
 
 
@@ -51,6 +51,11 @@ async def disk_chain(session: AsyncSession, backup: Backup, disk_name: str) -> l
             raise _broken(disk_name, current, "did not back this disk up")
         if current.status != BackupStatus.SUCCEEDED:
             raise ChainBroken(f"disk {disk_name}: backup {current.id} is {current.status.value}")
+        if current.verification_status == VERIFICATION_CORRUPT:
+            raise ChainBroken(
+                f"disk {disk_name}: backup {current.id} is corrupt: {current.verification_detail}",
+                disk=disk_name,
+            )
         if backup.mode == "push" and current.mode != "push":
             raise _broken(disk_name, current, "is a pull backup: its data is with its client")
         if current.mode == "push" and not (disk.target and Path(disk.target).is_file()):

@@ -27,12 +27,14 @@ from app.backups.schemas import (
     ErrorOut,
     LinkOut,
     ProgressOut,
+    VerificationOut,
 )
 from app.checkpoints import repository
 from app.db import keyset
 from app.db.base import utcnow
 from app.db.models import (
     TERMINAL_STATUSES,
+    VERIFICATION_RUNNING,
     Backup,
     BackupDisk,
     BackupStatus,
@@ -103,6 +105,11 @@ def backup_out(backup: Backup) -> BackupOut:
         finished_at=backup.finished_at,
         expires_at=backup.expires_at,
         policy_id=backup.policy_id,
+        verification=VerificationOut(
+            status=backup.verification_status,
+            checked_at=backup.verification_checked_at,
+            detail=backup.verification_detail,
+        ),
     )
 
 
@@ -254,6 +261,7 @@ async def create_backup(
         fallback_reason=base.fallback_reason,
         quiesce=body.quiesce,
         reuse_external=body.reuse_external,
+        verify=body.verify,
         ttl_seconds=(body.ttl_seconds or settings.default_pull_ttl_seconds)
         if body.mode == "pull"
         else None,
@@ -446,3 +454,27 @@ def _remove_files(backups: list[Backup], shared: set[str], settings: Settings) -
                     paths.remove_empty_dir(root, names[:-1], what=what)
             except (OSError, AppError) as error:
                 log.warning("%s: file not removed: %s", what, error)
+
+
+async def request_verification(session: AsyncSession, backup_id: uuid.UUID) -> Backup:
+    """Queue a re-read of a succeeded push backup's chain; the worker pool runs
+    it (`app/backups/verification.py`). Asking again while one runs changes nothing."""
+    backup = await get_backup(session, backup_id)
+    if backup.mode != "push" or backup.status != BackupStatus.SUCCEEDED:
+        raise InvalidState(
+            f"backup {backup_id} is a {backup.status.value} {backup.mode} backup: only a "
+            "succeeded push backup holds files to verify"
+        )
+    if backup.verification_status != VERIFICATION_RUNNING:
+        await session.execute(
+            update(Backup)
+            .where(Backup.id == backup_id)
+            .values(
+                verification_status=VERIFICATION_RUNNING,
+                verification_holder=None,
+                verification_expires_at=None,
+            )
+        )
+        await session.flush()
+        await session.refresh(backup)
+    return backup

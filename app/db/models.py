@@ -60,6 +60,10 @@ ACTIVE_STATUSES = (
 # to ABORTED_LATE. Until then no other backup of the domain starts.
 ABORT_LATER = "abort-later"
 ABORTED_LATE = "aborted-late"
+VERIFICATION_UNVERIFIED = "unverified"
+VERIFICATION_RUNNING = "running"
+VERIFICATION_OK = "ok"
+VERIFICATION_CORRUPT = "corrupt"
 _ACTIVE_SQL = text("status IN ('starting', 'running', 'ready', 'finishing')")
 
 
@@ -153,6 +157,19 @@ class Backup(Base):
     lease_holder: Mapped[str | None] = mapped_column(String(128))
     lease_epoch: Mapped[int] = mapped_column(Integer, default=0)
     lease_expires_at: Mapped[datetime | None]
+    # Verification: `verify` asks for each disk's content digest (SHA-256 of the
+    # disk as its chain reads it) to be recorded when the push completes; a later
+    # verification re-reads the chain against it. A corrupt backup is never a base.
+    verify: Mapped[bool] = mapped_column(Boolean, default=False)
+    digests: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    verification_status: Mapped[str] = mapped_column(
+        String(16), default=VERIFICATION_UNVERIFIED, index=True
+    )
+    verification_checked_at: Mapped[datetime | None]
+    verification_detail: Mapped[str | None] = mapped_column(Text)
+    # The worker running a requested verification, until when (it is rerunnable).
+    verification_holder: Mapped[str | None] = mapped_column(String(128))
+    verification_expires_at: Mapped[datetime | None]
 
     @classmethod
     def domain_is(cls, ref: str) -> ColumnElement[bool]:

@@ -129,7 +129,7 @@ async def _run_one(
     try:
         async with database.session_scope() as session:
             kind = await _kind(session, policy, domain.uuid)
-            body = PolicyBackup.model_validate(policy.backup).request(kind)
+            body = PolicyBackup.model_validate(policy.backup).request(kind, verify=policy.verify)
             backup = await create_backup(
                 session, hosts, settings, host=policy.host, domain_ref=domain.uuid, body=body
             )

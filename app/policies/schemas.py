@@ -53,10 +53,11 @@ class PolicyBackup(StrictModel):
     ttl_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
     description: str | None = Field(default=None, max_length=1024)
 
-    def request(self, kind: Literal["full", "auto"]) -> BackupCreate:
+    def request(self, kind: Literal["full", "auto"], *, verify: bool = False) -> BackupCreate:
         return BackupCreate(
             mode=self.mode,
             kind=kind,
+            verify=verify and self.mode == "push",
             disks=self.disks,
             quiesce=self.quiesce,
             ttl_seconds=self.ttl_seconds,

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from app import transitions
+from app.backups import verification
 from app.crashpoints import crash_point
 from app.db.models import (
     ABORT_LATER,
@@ -43,6 +44,7 @@ from app.worker.runner import BackupRunner, JobSignal
 
 log = logging.getLogger(__name__)
 MAX_RESTORES = 2  # per process: each is a full read and write of its disks
+MAX_VERIFICATIONS = 1  # per process: each is a full read of its chains
 
 
 class WorkerPool:
@@ -54,6 +56,7 @@ class WorkerPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._runs: dict[uuid.UUID, tuple[str, asyncio.Task[None]]] = {}
         self._restores: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._verifications: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._signals: dict[tuple[str, str], JobSignal] = {}
         self._wake = asyncio.Event()
         # Jobs left by backups failed in a host outage are looked for at start and
@@ -93,13 +96,14 @@ class WorkerPool:
             *self._tasks,
             *(task for _host, task in self._runs.values()),
             *self._restores.values(),
+            *self._verifications.values(),
         ]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks, self._runs, self._restores = [], {}, {}
+        self._tasks, self._runs, self._restores, self._verifications = [], {}, {}, {}
         with contextlib.suppress(Exception):
             async with self.database.session_scope() as session:
                 await session.execute(delete(Worker).where(Worker.holder == self.holder))
@@ -164,6 +168,14 @@ class WorkerPool:
                 .where(Restore.lease_holder == self.holder, Restore.id.in_(list(self._restores)))
                 .values(lease_expires_at=now + self.lease)
             )
+            await session.execute(
+                update(Backup)
+                .where(
+                    Backup.verification_holder == self.holder,
+                    Backup.id.in_(list(self._verifications)),
+                )
+                .values(verification_expires_at=now + self.lease)
+            )
             await session.execute(delete(Worker).where(Worker.heartbeat_at < now - 10 * self.lease))
         self._last_heartbeat = now
 
@@ -189,6 +201,8 @@ class WorkerPool:
                 while await self._claim_next():
                     pass
                 while await self._claim_restore():
+                    pass
+                while await self._claim_verification():
                     pass
             except DATABASE_UNAVAILABLE as error:
                 log.warning("worker dispatch: database unavailable: %s", error)
@@ -292,6 +306,24 @@ class WorkerPool:
                 self._wake.set()
 
         self._restores[restore_id] = asyncio.create_task(run(), name=f"restore-{restore_id}")
+
+    async def _claim_verification(self) -> bool:
+        if len(self._verifications) >= MAX_VERIFICATIONS:
+            return False
+        backup_id = await verification.claim(self.database, self.holder, self._lease_end())
+        if backup_id is None:
+            return False
+
+        async def run() -> None:
+            try:
+                await verification.run(self.database, backup_id, self.holder, self.settings)
+            except Exception:
+                log.exception("backup %s: verification failed to run", backup_id)
+            finally:
+                self._verifications.pop(backup_id, None)
+
+        self._verifications[backup_id] = asyncio.create_task(run(), name=f"verify-{backup_id}")
+        return True
 
     async def _abort_abandoned(self) -> bool:
         """Backups failed by a host outage past the limit: once their host is back,

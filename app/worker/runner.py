@@ -26,7 +26,7 @@ from app.checkpoints import repository
 from app.checkpoints import service as checkpoints
 from app.crashpoints import crash_point
 from app.db.base import utcnow
-from app.db.models import ABORT_LATER, Backup, BackupDisk, BackupStatus
+from app.db.models import ABORT_LATER, VERIFICATION_OK, Backup, BackupDisk, BackupStatus
 from app.db.session import DATABASE_UNAVAILABLE, Database
 from app.errors import (
     AppError,
@@ -508,11 +508,23 @@ class BackupRunner:
             if backup.checkpoint is None
             else await self.hypervisor.get_checkpoint(backup.domain_uuid, backup.checkpoint)
         )
+        digests = await self._digests(backup) if backup.mode == "push" and backup.verify else None
         async with fenced(self.database, backup.id, self.epoch) as session:
             for disk in backup.disks:
                 if disk.backup and disk.target:
                     sized = self._disk_update(disk.name, bytes=_allocated_bytes(disk.target))
                     await session.execute(sized)
+            if digests is not None:
+                await session.execute(
+                    update(Backup)
+                    .where(Backup.id == backup.id)
+                    .values(
+                        digests=digests,
+                        verification_status=VERIFICATION_OK,
+                        verification_checked_at=utcnow(),
+                        verification_detail="content digests recorded as the backup completed",
+                    )
+                )
             if checkpoint is not None:
                 await repository.record_made_by_backup(
                     session, backup.host, backup.domain_uuid, checkpoint, backup.id
@@ -576,6 +588,35 @@ class BackupRunner:
             async with fenced(self.database, backup.id, self.epoch) as session:
                 update_disk = self._disk_update(disk.name, backing_file=below[disk.name][-1].path)
                 await session.execute(update_disk)
+
+    async def _digests(self, backup: Backup) -> dict[str, str]:
+        """Each disk's content as its whole chain reads it, read once while the new
+        file is still in the page cache: the reference a later verify compares."""
+        async with self.database.session_scope() as session:
+            parent = (
+                None
+                if backup.parent_backup_id is None
+                else await session.scalar(
+                    select(Backup)
+                    .options(selectinload(Backup.disks))
+                    .where(Backup.id == backup.parent_backup_id)
+                )
+            )
+            chains: dict[str, list[images.Image]] = {}
+            for disk in backup.disks:
+                if not (disk.backup and disk.target and disk.format):
+                    continue
+                below = (
+                    await chain.recorded_images(session, parent, disk.name, self.root)
+                    if parent is not None and disk.backupmode == "incremental"
+                    else []
+                )
+                confine(disk.target, self.root, what="backup file")
+                chains[disk.name] = [*below, images.Image(disk.target, disk.format)]
+        return {
+            name: await images.digest(links, timeout=self.settings.restore_timeout_seconds)
+            for name, links in chains.items()
+        }
 
     @staticmethod
     def _rebased_disks(backup: Backup) -> set[str]:
