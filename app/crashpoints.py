@@ -5,7 +5,7 @@ nothing flushed or cleaned up, the first time it reaches that step. Unset, as
 in production, `crash_point` is one dictionary lookup and does nothing.
 
 Steps: claimed, before-begin, after-begin, running, ready, finishing,
-completing, rebasing, restore-converting.
+completing, rebasing, merging (retention), restore-converting.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ STEPS = frozenset(
         "finishing",
         "completing",
         "rebasing",
+        "merging",
         "restore-converting",
     }
 )

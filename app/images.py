@@ -269,6 +269,20 @@ async def rebase_unsafe(image: Image, backing: Image, *, timeout: float = REBASE
     )
 
 
+async def rebase_safe(chain: Sequence[Image], onto: Image | None, *, timeout: float) -> None:
+    """Re-point the chain's newest file (`chain`, oldest first, as recorded) at
+    `onto`, or at nothing, copying into it whatever the old links held that the
+    new base does not (qemu-img's safe mode), so it reads the same disk after.
+    The old links are opened only as pinned here; `onto` is opened by its path,
+    so the caller verifies its chain just before. Rerunnable: a run cut short
+    left the header as it was and only copied data the old chain already held."""
+    image = chain[-1]
+    if image.format != "qcow2":
+        raise ChainMismatch(f"{image.path}: only a qcow2 image has a backing file")
+    new_base = ["-b", onto.path, "-F", onto.format] if onto is not None else ["-b", ""]
+    await _run(["rebase", *new_base, chain_spec(chain)], timeout)
+
+
 DIGEST_CHUNK = 1024 * 1024
 CHECK_TIMEOUT = 600.0
 

@@ -167,6 +167,10 @@ class Backup(Base):
     )
     verification_checked_at: Mapped[datetime | None]
     verification_detail: Mapped[str | None] = mapped_column(Text)
+    # Set when a policy's retention decides to prune this backup, before any file
+    # is touched: the backups built on it are merged forward, then it is deleted;
+    # a crash in between is finished on the next pass (app/policies/retention.py).
+    pruned_at: Mapped[datetime | None]
     # The worker running a requested verification, until when (it is rerunnable).
     verification_holder: Mapped[str | None] = mapped_column(String(128))
     verification_expires_at: Mapped[datetime | None]

@@ -28,6 +28,7 @@ from app.db.session import Database
 from app.errors import AppError
 from app.hosts.registry import HostRegistry
 from app.hypervisor import DomainInfo
+from app.policies import retention
 from app.policies.schedule import next_run
 from app.policies.schemas import PolicyBackup
 from app.settings import Settings
@@ -54,7 +55,9 @@ async def run_due(
         assert slot is not None  # selected by `next_run_at <= now`
         policy = await _take_slot(database, policy_id, slot, now)
         if policy is not None:
-            await run_policy(database, hosts, settings, policy, scheduled_for=slot)
+            runs = await run_policy(database, hosts, settings, policy, scheduled_for=slot)
+            for domain_uuid in {run.domain_uuid for run in runs} - {EVERY_DOMAIN}:
+                await retention.apply(database, settings, policy.id, domain_uuid)
             taken += 1
     return taken
 

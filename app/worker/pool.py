@@ -37,7 +37,7 @@ from app.db.session import DATABASE_UNAVAILABLE, Database
 from app.errors import AppError, CheckpointNotFound, DomainNotFound
 from app.hosts.registry import HostRegistry
 from app.hypervisor import DomainStopped, HostReconnected, HypervisorEvent, JobCompleted
-from app.policies import scheduler
+from app.policies import retention, scheduler
 from app.restores.runner import run_restore
 from app.settings import Settings
 from app.worker.runner import BackupRunner, JobSignal
@@ -57,6 +57,9 @@ class WorkerPool:
         self._runs: dict[uuid.UUID, tuple[str, asyncio.Task[None]]] = {}
         self._restores: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._verifications: dict[uuid.UUID, asyncio.Task[None]] = {}
+        # Backups that just ended: their policy's retention runs next (None: at
+        # start, finish whatever pruning a previous process left marked).
+        self._retention_due: set[uuid.UUID] | None = None
         self._signals: dict[tuple[str, str], JobSignal] = {}
         self._wake = asyncio.Event()
         # Jobs left by backups failed in a host outage are looked for at start and
@@ -198,6 +201,7 @@ class WorkerPool:
                     self._abandoned_due = not await self._abort_abandoned()
                 await self._take_over_stalled()
                 await scheduler.run_due(self.database, self.hosts, self.settings)
+                await self._apply_retention()
                 while await self._claim_next():
                     pass
                 while await self._claim_restore():
@@ -306,6 +310,31 @@ class WorkerPool:
                 self._wake.set()
 
         self._restores[restore_id] = asyncio.create_task(run(), name=f"restore-{restore_id}")
+
+    async def _apply_retention(self) -> None:
+        """After a policy's backup succeeds, prune what its policy no longer keeps."""
+        if self._retention_due is None:
+            await retention.finish(self.database, self.settings)
+            self._retention_due = set()
+            return
+        due, self._retention_due = self._retention_due, set()
+        if not due:
+            return
+        async with self.database.session_scope() as session:
+            ended = (
+                await session.execute(
+                    select(Backup.policy_id, Backup.domain_uuid)
+                    .where(
+                        Backup.id.in_(due),
+                        Backup.policy_id.is_not(None),
+                        Backup.status == BackupStatus.SUCCEEDED,
+                    )
+                    .distinct()
+                )
+            ).all()
+        for policy_id, domain_uuid in ended:
+            if policy_id is not None:  # selected so; the type does not know
+                await retention.apply(self.database, self.settings, policy_id, domain_uuid)
 
     async def _claim_verification(self) -> bool:
         if len(self._verifications) >= MAX_VERIFICATIONS:
@@ -418,6 +447,8 @@ class WorkerPool:
                 if self._signals.get((host, domain_uuid)) is signal:
                     del self._signals[(host, domain_uuid)]
                 self._abandoned_due = True  # it may have given up on its host
+                if self._retention_due is not None:
+                    self._retention_due.add(backup_id)
                 self._wake.set()  # a queued backup of this domain may start now
 
         self._runs[backup_id] = (host, asyncio.create_task(run(), name=f"backup-{backup_id}"))
