@@ -61,6 +61,23 @@ async def test_the_page_is_served_by_the_service_outside_the_api(
     assert not [path for path in paths if path == "/" or path.startswith("/ui")]
 
 
+async def test_the_overview_shows_a_disconnected_host_and_why(client: httpx.AsyncClient) -> None:
+    added = await client.post(
+        "/v1/hosts", json={"name": "gone", "uri": "qemu+tcp://127.0.0.1:1/system"}
+    )
+    assert added.status_code == 201, added.text
+    reason = added.json()["error"]
+
+    overview = _tree((await client.get("/ui/fragments/overview")).text)
+    (gone,) = overview.xpath("//section[@id='hosts']//tr[@data-host='gone']")
+    assert gone.xpath(".//span[@class='status status-disconnected']")
+    assert reason in gone.text_content()
+    (local,) = overview.xpath("//section[@id='hosts']//tr[@data-host='local']")
+    assert local.xpath(".//span[@class='status status-connected']")
+    unknown = overview.xpath("//section[@id='domains']//td[@class='error-text']")
+    assert [cell.text_content().startswith("gone: domains unknown") for cell in unknown] == [True]
+
+
 @pytest.mark.libvirt
 async def test_the_domain_page_shows_checkpoints_and_the_chain(
     client: httpx.AsyncClient, libvirt_conn: libvirt.virConnect, vm: TestVM
