@@ -17,7 +17,7 @@ from app.checkpoints.schemas import CheckpointOut
 from app.db.models import ACTIVE_STATUSES, Backup, BackupStatus
 from app.domains import service as domains
 from app.domains.schemas import DomainOut
-from app.errors import AppError
+from app.errors import AppError, ChainBroken
 from app.hosts.registry import HostRegistry
 from app.hosts.schemas import HostOut
 from app.hosts.service import host_out
@@ -77,7 +77,7 @@ async def _last_successes(session: AsyncSession) -> dict[tuple[str, str], dateti
 
 
 async def _active(
-    session: AsyncSession, host: str | None = None, domain_uuid: str | None = None
+    session: AsyncSession, *, host: str | None = None, domain_uuid: str | None = None
 ) -> list[BackupOut]:
     query = (
         select(Backup)
@@ -85,8 +85,10 @@ async def _active(
         .where(Backup.status.in_(WAITING_OR_ACTIVE))
         .order_by(Backup.created_at, Backup.id)
     )
-    if host is not None and domain_uuid is not None:
-        query = query.where(Backup.host == host, Backup.domain_uuid == domain_uuid)
+    if host is not None:
+        query = query.where(Backup.host == host)
+    if domain_uuid is not None:
+        query = query.where(Backup.domain_uuid == domain_uuid)
     return [backups.backup_out(b) for b in (await session.scalars(query)).all()]
 
 
@@ -132,7 +134,7 @@ async def _chains(
         return None, None
     try:
         return await backups.chain_of(session, backup.id), None
-    except AppError as error:  # chain-broken names the missing link
+    except ChainBroken as error:  # it names the missing link: show it, as the API would
         return None, error.detail
 
 
@@ -156,7 +158,7 @@ async def domain_page(
         host=host,
         domain=domain,
         last_success=newest_ok.finished_at if newest_ok else None,
-        active=await _active(session, host, domain.uuid),
+        active=await _active(session, host=host, domain_uuid=domain.uuid),
         backups=recent.items,
         checkpoints=_with_depth(found.items),
         newest=newest_ok,
