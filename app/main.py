@@ -28,6 +28,7 @@ from app.hosts.registry import HostRegistry, HypervisorFactory
 from app.hosts.service import load_hosts
 from app.metrics import RequestMetrics
 from app.settings import Settings
+from app.statuspage.router import router as status_page
 from app.worker.pool import WorkerPool
 
 log = logging.getLogger("vmbackup")
@@ -105,6 +106,7 @@ def create_app(
     app.include_router(restores.router)
     app.include_router(policies.router)
     app.include_router(admin_router)
+    app.include_router(status_page)
     return app
 
 

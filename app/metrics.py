@@ -77,6 +77,9 @@ class Snapshot(Collector):
     hosts_up: dict[str, bool] = field(default_factory=dict)
     policies: dict[str, PolicyFigures] = field(default_factory=dict)
     corrupt: int = 0
+    last_failure: dict[tuple[str, str], float] = field(default_factory=dict)
+    queued: dict[str, tuple[int, float | None]] = field(default_factory=dict)  # count, oldest
+    export_expiry: dict[tuple[str, str, str], float] = field(default_factory=dict)
 
     def collect(self) -> Iterator[Metric]:
         backups = GaugeMetricFamily("vmbackup_backups", "Backups by status", labels=["status"])
@@ -108,6 +111,36 @@ class Snapshot(Collector):
             value=self.corrupt,
         )
         yield from _per_policy(self.policies)
+        yield from self._alerting()
+
+    def _alerting(self) -> Iterator[Metric]:
+        """The figures deploy/prometheus/vmbackup-rules.yml alerts on."""
+        yield _per_domain(
+            "vmbackup_last_failure_timestamp_seconds",
+            "When the newest failed backup of a domain ended",
+            self.last_failure,
+        )
+        count = GaugeMetricFamily("vmbackup_queued_backups", "Queued backups", labels=["host"])
+        oldest = GaugeMetricFamily(
+            "vmbackup_oldest_queued_timestamp_seconds",
+            "When the oldest queued backup was requested",
+            labels=["host"],
+        )
+        for host in sorted(self.hosts_up.keys() | self.queued.keys()):
+            queued, since = self.queued.get(host, (0, None))
+            count.add_metric([host], queued)  # 0 too: a queue alert needs a series to grow
+            if since is not None:
+                oldest.add_metric([host], since)
+        yield count
+        yield oldest
+        expiry = GaugeMetricFamily(
+            "vmbackup_pull_export_expiry_timestamp_seconds",
+            "When a ready pull export is cancelled unless finished (its ttl)",
+            labels=["host", "domain", "backup_id"],
+        )
+        for (host, domain, backup_id), at in sorted(self.export_expiry.items()):
+            expiry.add_metric([host, domain, backup_id], at)
+        yield expiry
 
 
 @dataclass(frozen=True)
@@ -182,6 +215,7 @@ async def snapshot(session: AsyncSession, hosts: HostRegistry) -> Snapshot:
         result.last_success[(host, domain)] = finished_at.timestamp()
         if started_at is not None:
             result.last_duration[(host, domain)] = (finished_at - started_at).total_seconds()
+    await _alerting_figures(session, result)
     return result
 
 
@@ -215,6 +249,29 @@ async def _policy_figures(session: AsyncSession) -> dict[str, PolicyFigures]:
             skipped_runs=skipped.get(policy_id, 0),
         )
     return figures
+
+
+async def _alerting_figures(session: AsyncSession, result: Snapshot) -> None:
+    failed = await session.execute(
+        select(Backup.host, Backup.domain_name, func.max(Backup.finished_at))
+        .where(Backup.status == BackupStatus.FAILED, Backup.finished_at.is_not(None))
+        .group_by(Backup.host, Backup.domain_name)
+    )
+    result.last_failure = {(h, d): at.timestamp() for h, d, at in failed if at is not None}
+    queued = await session.execute(
+        select(Backup.host, func.count(), func.min(Backup.created_at))
+        .where(Backup.status == BackupStatus.QUEUED)
+        .group_by(Backup.host)
+    )
+    result.queued = {host: (count, since.timestamp()) for host, count, since in queued}
+    exports = await session.execute(
+        select(Backup.host, Backup.domain_name, Backup.id, Backup.expires_at).where(
+            Backup.status == BackupStatus.READY, Backup.expires_at.is_not(None)
+        )
+    )
+    result.export_expiry = {
+        (h, d, str(i)): at.timestamp() for h, d, i, at in exports if at is not None
+    }
 
 
 def render(request_registry: CollectorRegistry, figures: Snapshot) -> bytes:

@@ -28,6 +28,8 @@ packages=(
   python3-venv python3-dev gcc
 )
 [ "$want_postgres" -eq 1 ] && packages+=(postgresql)
+# Tests only: a headless browser for the status page, Prometheus (and promtool) for the alerts.
+[ "$want_tcp" -eq 1 ] && packages+=(chromium prometheus)
 
 missing=()
 for p in "${packages[@]}"; do
