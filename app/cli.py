@@ -23,10 +23,28 @@ def _settings(**overrides: object) -> Settings:
         raise SystemExit(f"vmbackup: invalid settings: {error}") from None
 
 
-def _migrate(settings: Settings) -> None:
-    from app.db.migrate import upgrade_to_head
+def _database_reachable(settings: Settings) -> None:
+    from app.db.reach import DatabaseUnreachable, ensure_reachable
 
-    upgrade_to_head(settings.effective_database_url)
+    try:
+        ensure_reachable(settings.effective_database_url)
+    except DatabaseUnreachable as error:
+        raise SystemExit(f"vmbackup: cannot reach the database {error}") from None
+
+
+def _migrate(settings: Settings) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    from app.db.migrate import upgrade_to_head
+    from app.db.reach import first_line
+    from app.db.urls import display_url
+
+    _database_reachable(settings)
+    try:
+        upgrade_to_head(settings.effective_database_url)
+    except DBAPIError as error:  # e.g. gone between the check and the migration
+        url = display_url(settings.effective_database_url)
+        raise SystemExit(f"vmbackup: migrating {url} failed: {first_line(error)}") from None
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -36,7 +54,9 @@ def serve(args: argparse.Namespace) -> None:
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = _settings(**overrides)
-    if not args.no_migrate:
+    if args.no_migrate:
+        _database_reachable(settings)
+    else:
         _migrate(settings)
     uvicorn.run(
         create_app(settings),
