@@ -74,7 +74,12 @@ def migrate(_args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="vmbackup", description=__doc__)
+    from app import client  # hosts, domains, backup, ...: the HTTP API's client (app/client/)
+
+    if client.owns(argv):
+        client.main(argv)
+        return
+    parser = argparse.ArgumentParser(prog="vmbackup", description=__doc__, epilog=client.HELP)
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run the API and the worker pool")
     serve_parser.add_argument("--host", help="address to bind (VMBACKUP_HOST)")

@@ -1,0 +1,136 @@
+"""The HTTP API as the client sees it: JSON in and out, problems as one line."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from app.client.sse import Event, parse_events
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+TIMEOUT_SECONDS = 30.0
+# A stream that drops (a proxy, a restarting service) is resumed with Last-Event-ID.
+STREAM_RETRIES = 5
+STREAM_RETRY_SECONDS = 1.0
+
+JSON = dict[str, Any]
+
+
+class ClientError(Exception):
+    """What the command line prints as its one line on stderr."""
+
+
+class ApiProblem(ClientError):
+    """An RFC 9457 problem (or any error status) answered by the service."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{code} ({status}): {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+class ServiceUnreachable(ClientError):
+    pass
+
+
+def _problem(response: httpx.Response) -> ApiProblem:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "code" in body:
+        detail = str(body.get("detail") or body.get("title") or "")
+        return ApiProblem(response.status_code, str(body["code"]), " ".join(detail.split()))
+    text = " ".join(response.text.split())[:200] or response.reason_phrase
+    return ApiProblem(response.status_code, "http-error", text)
+
+
+@dataclass
+class Api:
+    """One service, one token. Every call returns the decoded JSON or raises ClientError."""
+
+    url: str
+    token: str | None = None
+
+    def __post_init__(self) -> None:
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=TIMEOUT_SECONDS)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as error:
+            reason = str(error) or type(error).__name__
+            raise ServiceUnreachable(f"cannot reach {self.url}: {reason}") from None
+        if response.is_error:
+            raise _problem(response)
+        return response
+
+    def get(self, path: str, params: Mapping[str, Any] | None = None) -> JSON:
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        body: JSON = self._send("GET", path, params=query).json()
+        return body
+
+    def post(
+        self, path: str, body: JSON | None = None, params: Mapping[str, Any] | None = None
+    ) -> JSON:
+        # A fresh Idempotency-Key per call: the service answers a repeated request with the
+        # first response, so a retry by a proxy never starts a second backup.
+        headers = {"Idempotency-Key": str(uuid.uuid4())}
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        response = self._send("POST", path, json=body, params=query, headers=headers)
+        return response.json() if response.content else {}
+
+    def delete(self, path: str, params: Mapping[str, Any] | None = None) -> None:
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        self._send("DELETE", path, params=query)
+
+    def events(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[Event]:
+        """Server-sent events from `path`, resumed after a dropped connection; ends when
+        the service ends the stream."""
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        last_id: str | None = None
+        failures = 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last_id is not None:
+                headers["Last-Event-ID"] = last_id
+            try:
+                with self._http.stream(
+                    "GET",
+                    path,
+                    params=query,
+                    headers=headers,
+                    timeout=httpx.Timeout(TIMEOUT_SECONDS, read=None),
+                ) as response:
+                    if response.is_error:
+                        response.read()
+                        raise _problem(response)
+                    for event in parse_events(response.iter_lines()):
+                        failures = 0
+                        last_id = event.id or last_id
+                        yield event
+                    return
+            except httpx.TransportError as error:
+                failures += 1
+                if failures > STREAM_RETRIES:
+                    raise ServiceUnreachable(
+                        f"event stream from {self.url} lost: {error}"
+                    ) from None
+                time.sleep(STREAM_RETRY_SECONDS)
+
+
+def dumps(body: object) -> str:
+    return json.dumps(body, indent=2)
