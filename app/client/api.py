@@ -97,11 +97,13 @@ class Api:
         query = {k: v for k, v in (params or {}).items() if v is not None}
         self._send("DELETE", path, params=query)
 
-    def events(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[Event]:
-        """Server-sent events from `path`, resumed after a dropped connection; ends when
-        the service ends the stream."""
+    def events(
+        self, path: str, params: Mapping[str, Any] | None = None, after: str | None = None
+    ) -> Iterator[Event]:
+        """Server-sent events from `path` (after event id `after`), resumed after a dropped
+        connection; ends when the service ends the stream."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
-        last_id: str | None = None
+        last_id = after
         failures = 0
         while True:
             headers = {"Accept": "text/event-stream"}

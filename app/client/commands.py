@@ -375,9 +375,17 @@ def checkpoints_reconcile(ctx: Context, domain: str, host: str, dry_run: bool) -
 @cli.command(help="Follow every backup's changes (Ctrl-C to stop); --json: one JSON per line.")
 @click.option("--host", default=None)
 @click.option("--domain", default=None, help="name or UUID")
+@click.option(
+    "--after",
+    type=click.IntRange(min=0),
+    default=None,
+    help="replay from after this event id (0: every kept event), then follow",
+)
 @pass_context
-def events(ctx: Context, host: str | None, domain: str | None) -> None:
-    for event in ctx.api.events("/v1/events", {"host": host, "domain": domain}):
+def events(ctx: Context, host: str | None, domain: str | None, after: int | None) -> None:
+    query = {"host": host, "domain": domain}
+    since = None if after is None else str(after)
+    for event in ctx.api.events("/v1/events", query, after=since):
         if ctx.json:
             click.echo(event.data)  # one line each: JSON lines for scripts
         else:

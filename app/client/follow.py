@@ -80,6 +80,9 @@ def follow_backup(api: Api, backup_id: str, console: Console, *, until_ready: bo
         total = backup["progress"].get("bytes_total")
         if backup["status"] == "succeeded" and total:
             progress.update(task, total=total, completed=total)
+        elif not total:
+            # A job too short to report any progress: a bar at 0/? would read as stuck.
+            progress.update(task, visible=False)
     return backup
 
 

@@ -102,7 +102,7 @@ def backup(console: Console, b: JSON) -> None:
             d["backupmode"],
             d["format"],
             _size(d["bytes"]),
-            d["nbd_uri"] or (d["target"] or {}).get("file") or (d["target"] or {}).get("dev"),
+            d["nbd_uri"] or d["target"],
         )
         for d in b["disks"]
         if d["backup"]
