@@ -76,7 +76,12 @@ class DefaultGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-@click.group(help=__doc__, context_settings={"help_option_names": ["-h", "--help"]})
+HELP = """The vmbackup service's client: back up libvirt domains over its HTTP API.
+
+`vmbackup serve` and `vmbackup migrate` run the service itself."""
+
+
+@click.group(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--url",
     envvar="VMBACKUP_URL",

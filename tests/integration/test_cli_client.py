@@ -4,6 +4,7 @@ with the disk. The service runs on SQLite here: what is under test is the client
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ import httpx
 import libvirt
 import pytest
 
+from app.libvirt.events import ensure_event_loop
 from app.settings import Settings
 from tests.support.service import ServiceProcess, free_port, service_env
 from tests.support.vms import (
@@ -42,6 +44,17 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 def database_url(tmp_path: Path) -> str:
     # One database is enough here (the client never sees it); `vmbackup serve` migrates it.
     return f"sqlite:///{tmp_path / 'vmbackup.db'}"
+
+
+@pytest.fixture
+def libvirt_conn() -> Iterator[libvirt.virConnect]:
+    # A connection per test, not per session: libvirtd restarted by another suite between
+    # two tests then fails neither.
+    ensure_event_loop()
+    conn = libvirt.open("qemu:///system")
+    yield conn
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.close()
 
 
 @pytest.fixture
@@ -103,10 +116,12 @@ def wait_status(api: httpx.Client, backup_id: str, statuses: set[str]) -> dict[s
         time.sleep(0.1)
 
 
-def only_backup_of(api: httpx.Client, vm: TestVM) -> dict[str, Any]:
-    """The one backup of `vm`, once the service has it (a CLI started it)."""
+def only_backup_of(api: httpx.Client, vm: TestVM, starter: subprocess.Popen[str]) -> dict[str, Any]:
+    """The one backup of `vm`, once the service has it (the `starter` CLI started it)."""
     deadline = time.monotonic() + 60
     while True:
+        if starter.poll() is not None:  # it could not start one: say why
+            pytest.fail(f"the CLI exited {starter.returncode}: {starter.communicate()[1]}")
         items = api.get("/v1/backups", params={"domain": vm.name}).json()["items"]
         if items:
             assert len(items) == 1, items
@@ -166,7 +181,7 @@ def test_a_pull_backup_cancelled_while_waiting_exits_3(
 ) -> None:
     waiting = popen(service, "backup", "start", vm.name, "--mode", "pull", "--wait")
     try:
-        backup = wait_status(api, only_backup_of(api, vm)["id"], {"ready"})
+        backup = wait_status(api, only_backup_of(api, vm, waiting)["id"], {"ready"})
         assert api.post(f"/v1/backups/{backup['id']}/cancel").status_code == 202
         _, stderr = waiting.communicate(timeout=120)
     finally:
@@ -181,7 +196,7 @@ def test_a_backup_whose_domain_is_destroyed_exits_1(
 ) -> None:
     waiting = popen(service, "backup", "start", vm.name, "--mode", "pull", "--wait")
     try:
-        backup = wait_status(api, only_backup_of(api, vm)["id"], {"ready"})
+        backup = wait_status(api, only_backup_of(api, vm, waiting)["id"], {"ready"})
         domain(libvirt_conn, vm).destroy()
         _, stderr = waiting.communicate(timeout=120)
     finally:
