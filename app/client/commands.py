@@ -23,6 +23,7 @@ KINDS = click.Choice(["full", "incremental", "auto"])
 STATUSES = click.Choice(
     ["queued", "starting", "running", "ready", "finishing", "succeeded", "failed", "cancelled"]
 )
+INTERRUPTED = 130  # the shell's code for Ctrl-C
 # Tables are as wide as their content; a pipe or a file must not fold them at 80 columns.
 PIPE_WIDTH = 1000
 
@@ -128,7 +129,16 @@ def backup() -> None:
 
 
 def _finish_following(ctx: Context, backup_id: str, until_ready: bool = False) -> None:
-    final = follow_backup(ctx.api, backup_id, ctx.err, until_ready=until_ready)
+    try:
+        final = follow_backup(ctx.api, backup_id, ctx.err, until_ready=until_ready)
+    except KeyboardInterrupt:
+        # Only the watching stops: the backup is the service's, and goes on.
+        ctx.err.print(
+            f"stopped following {backup_id}; it goes on "
+            f"(vmbackup backup wait {backup_id} | vmbackup backup cancel {backup_id})",
+            markup=False,
+        )
+        raise SystemExit(INTERRUPTED) from None
     ctx.emit(final, lambda: render.backup(ctx.out, final))
     if final.get("error"):
         ctx.err.print(f"{final['error']['code']}: {final['error']['message']}", markup=False)
@@ -408,7 +418,5 @@ def run(argv: Sequence[str]) -> None:
     except click.ClickException as error:
         error.show()
         raise SystemExit(error.exit_code) from None
-    except click.exceptions.Abort:
-        raise SystemExit(130) from None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        raise SystemExit(INTERRUPTED) from None

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -332,3 +333,20 @@ def test_a_service_that_cannot_be_reached_is_one_line() -> None:
     result = cli(url, "hosts")
     assert result.returncode == PROBLEM_EXIT
     assert result.stderr.strip() == f"vmbackup: cannot reach {url}: [Errno 111] Connection refused"
+
+
+def test_ctrl_c_stops_the_watching_not_the_backup(
+    service: ServiceProcess, api: httpx.Client, vm: TestVM
+) -> None:
+    waiting = popen(service, "backup", "start", vm.name, "--mode", "pull", "--wait")
+    try:
+        backup = wait_status(api, only_backup_of(api, vm, waiting)["id"], {"ready"})
+        waiting.send_signal(signal.SIGINT)
+        _, stderr = waiting.communicate(timeout=60)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 130, stderr
+    assert f"stopped following {backup['id']}; it goes on" in stderr
+    assert "Traceback" not in stderr
+    assert api.get(f"/v1/backups/{backup['id']}").json()["status"] == "ready"
+    assert api.post(f"/v1/backups/{backup['id']}/cancel").status_code == 202
