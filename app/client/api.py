@@ -22,6 +22,11 @@ STREAM_RETRY_SECONDS = 1.0
 JSON = dict[str, Any]
 
 
+def _query(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Query parameters without the options left unset."""
+    return {k: v for k, v in (params or {}).items() if v is not None}
+
+
 class ClientError(Exception):
     """What the command line prints as its one line on stderr."""
 
@@ -79,30 +84,27 @@ class Api:
         return response
 
     def get(self, path: str, params: Mapping[str, Any] | None = None) -> JSON:
-        query = {k: v for k, v in (params or {}).items() if v is not None}
-        body: JSON = self._send("GET", path, params=query).json()
+        body: JSON = self._send("GET", path, params=_query(params)).json()
         return body
 
     def post(
         self, path: str, body: JSON | None = None, params: Mapping[str, Any] | None = None
     ) -> JSON:
-        # A fresh Idempotency-Key per call: the service answers a repeated request with the
-        # first response, so a retry by a proxy never starts a second backup.
+        # A fresh Idempotency-Key per call: should the request reach the service twice
+        # (a retrying proxy), the second gets the first's response, not a second backup.
         headers = {"Idempotency-Key": str(uuid.uuid4())}
-        query = {k: v for k, v in (params or {}).items() if v is not None}
-        response = self._send("POST", path, json=body, params=query, headers=headers)
+        response = self._send("POST", path, json=body, params=_query(params), headers=headers)
         return response.json() if response.content else {}
 
     def delete(self, path: str, params: Mapping[str, Any] | None = None) -> None:
-        query = {k: v for k, v in (params or {}).items() if v is not None}
-        self._send("DELETE", path, params=query)
+        self._send("DELETE", path, params=_query(params))
 
     def events(
         self, path: str, params: Mapping[str, Any] | None = None, after: str | None = None
     ) -> Iterator[Event]:
         """Server-sent events from `path` (after event id `after`), resumed after a dropped
         connection; ends when the service ends the stream."""
-        query = {k: v for k, v in (params or {}).items() if v is not None}
+        query = _query(params)
         last_id = after
         failures = 0
         while True:
