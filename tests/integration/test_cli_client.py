@@ -8,13 +8,15 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import libvirt
@@ -273,24 +275,46 @@ def test_checkpoints_list_create_delete_and_reconcile(
     assert names == [backup["checkpoint"]]
 
 
+class Lines:
+    """A process's stdout lines, read by a thread so that waiting for one can time out."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, args=(process.stdout,), daemon=True).start()
+
+    def _pump(self, stdout: IO[str]) -> None:
+        for line in stdout:
+            self._lines.put(line)
+
+    def next_json(self, timeout: float = 120) -> dict[str, Any]:
+        line: dict[str, Any] = json.loads(self._lines.get(timeout=timeout))
+        return line
+
+
+def statuses_until_terminal(lines: Lines, backup_id: str) -> list[str]:
+    """The status changes of one backup the follower prints, through its terminal one."""
+    seen: list[str] = []
+    while not seen or seen[-1] not in TERMINAL:
+        event = lines.next_json()
+        if event["backup_id"] == backup_id and event["progress"] is None:
+            seen.append(event["status"])
+    return seen
+
+
 def test_events_replay_then_follow_a_domains_backups(
     service: ServiceProcess, api: httpx.Client, vm: TestVM
 ) -> None:
     first = cli_json(service, "backup", "start", vm.name, "--wait")
     follower = popen(service, "events", "--json", "--domain", vm.name, "--after", "0")
     try:
-        assert follower.stdout is not None
-        seen = [json.loads(follower.stdout.readline()) for _ in range(4)]
-        assert [(e["backup_id"], e["status"]) for e in seen if e["progress"] is None] == [
-            (first["id"], status) for status in ("queued", "starting", "running", "succeeded")
-        ]
+        lines = Lines(follower)
+        expected = ["queued", "starting", "running", "succeeded"]
+        assert statuses_until_terminal(lines, first["id"]) == expected
         # Connected now: a backup started after this is followed live.
-        second = api.post(f"/v1/hosts/local/domains/{vm.name}/backups", json={}).json()
-        while True:
-            event = json.loads(follower.stdout.readline())
-            if event["backup_id"] == second["id"] and event["status"] in TERMINAL:
-                break
-        assert event["status"] == "succeeded"
+        response = api.post(f"/v1/hosts/local/domains/{vm.name}/backups", json={})
+        assert response.status_code == 202, response.text
+        assert statuses_until_terminal(lines, response.json()["id"]) == expected
     finally:
         follower.kill()
         follower.communicate()
