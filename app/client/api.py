@@ -15,9 +15,11 @@ from app.client.sse import Event, parse_events
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 TIMEOUT_SECONDS = 30.0
-# A stream that drops (a proxy, a restarting service) is resumed with Last-Event-ID.
-STREAM_RETRIES = 5
-STREAM_RETRY_SECONDS = 1.0
+# A stream that drops (a proxy, a restarting service) is resumed with Last-Event-ID, for
+# as long as a restart of the service may take; a service gone for longer is an error.
+STREAM_OUTAGE_SECONDS = 120.0
+STREAM_RETRY_FIRST_SECONDS = 0.5
+STREAM_RETRY_MAX_SECONDS = 5.0
 
 JSON = dict[str, Any]
 
@@ -106,7 +108,8 @@ class Api:
         connection; ends when the service ends the stream."""
         query = _query(params)
         last_id = after
-        failures = 0
+        lost_at: float | None = None
+        delay = STREAM_RETRY_FIRST_SECONDS
         while True:
             headers = {"Accept": "text/event-stream"}
             if last_id is not None:
@@ -122,18 +125,19 @@ class Api:
                     if response.is_error:
                         response.read()
                         raise _problem(response)
+                    lost_at, delay = None, STREAM_RETRY_FIRST_SECONDS
                     for event in parse_events(response.iter_lines()):
-                        failures = 0
                         last_id = event.id or last_id
                         yield event
                     return
             except httpx.TransportError as error:
-                failures += 1
-                if failures > STREAM_RETRIES:
+                lost_at = lost_at or time.monotonic()
+                if time.monotonic() - lost_at > STREAM_OUTAGE_SECONDS:
                     raise ServiceUnreachable(
                         f"event stream from {self.url} lost: {error}"
                     ) from None
-                time.sleep(STREAM_RETRY_SECONDS)
+                time.sleep(delay)
+                delay = min(delay * 2, STREAM_RETRY_MAX_SECONDS)
 
 
 def dumps(body: object) -> str:

@@ -374,3 +374,23 @@ def test_ctrl_c_stops_the_watching_not_the_backup(
     assert "Traceback" not in stderr
     assert api.get(f"/v1/backups/{backup['id']}").json()["status"] == "ready"
     assert api.post(f"/v1/backups/{backup['id']}/cancel").status_code == 202
+
+
+def test_waiting_resumes_the_event_stream_across_a_restart_of_the_service(
+    service: ServiceProcess, api: httpx.Client, vm: TestVM
+) -> None:
+    waiting = popen(service, "backup", "start", vm.name, "--mode", "pull", "--wait")
+    try:
+        backup = wait_status(api, only_backup_of(api, vm, waiting)["id"], {"ready"})
+        service.kill()  # the stream drops; the CLI keeps trying with Last-Event-ID
+        service.start()
+        service.wait_ready()
+        assert waiting.poll() is None
+        assert api.post(f"/v1/backups/{backup['id']}/finish").status_code == 202
+        _, stderr = waiting.communicate(timeout=120)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0, stderr
+    # Resumed after the last event it had, so no change is shown twice.
+    assert stderr.count("starting -> ready") == 1
+    assert stderr.count("finishing -> succeeded") == 1
