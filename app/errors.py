@@ -46,6 +46,11 @@ class RestoreNotFound(NotFound):
     title = "Restore not found"
 
 
+class PolicyNotFound(NotFound):
+    code = "policy-not-found"
+    title = "Policy not found"
+
+
 class CheckpointNotFound(AppError):
     """A named checkpoint that does not exist (404 when addressed, 409 as a base)."""
 
@@ -132,3 +137,19 @@ class HypervisorError(AppError):
     def __init__(self, detail: str, libvirt_code: int | None = None, **extra: Any) -> None:
         super().__init__(detail, libvirt_code=libvirt_code, **extra)
         self.libvirt_code = libvirt_code
+
+
+class LimitReached(AppError):
+    """A configured limit (such as queued and running restores) is reached; nothing changed."""
+
+    status = 429
+    code = "limit-reached"
+    title = "Limit reached"
+
+
+class InsufficientStorage(AppError):
+    """Free space under a root is below what the work is estimated to write."""
+
+    status = 507
+    code = "insufficient-storage"
+    title = "Insufficient storage"

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     default_pull_ttl_seconds: int = Field(default=7200, ge=1)
     # A host outage fails its backups only past this; their jobs go on meanwhile.
     host_outage_limit_seconds: float = Field(default=900.0, gt=0)
+    # Checkpoints kept per domain (the newest ones can still be a base).
+    checkpoints_per_domain: int = Field(default=4, ge=1, le=1000)
+    # Restores and storage
+    max_active_restores: int = Field(default=4, ge=1)
+    free_space_reserve_bytes: int = Field(default=1024**3, ge=0)
+    restore_timeout_seconds: float = Field(default=6 * 3600, gt=0)
 
     @field_validator("tokens", mode="before")
     @classmethod

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -101,12 +102,15 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def libvirt_conn() -> Iterator[libvirt.virConnect]:
+    """A connection of the test's own: a fault test that restarts libvirtd
+    closes every connection open at the time, so none is shared across tests."""
     ensure_event_loop()  # the app's own: one libvirt event loop per process
     conn = libvirt.open("qemu:///system")
     yield conn
-    conn.close()
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.close()
 
 
 @pytest.fixture

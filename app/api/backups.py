@@ -38,7 +38,7 @@ def _accepted(state: AppState, session: AsyncSession, backup: BackupOut) -> JSON
     "/v1/hosts/{host}/domains/{domain}/backups",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BackupOut,
-    responses=problem_responses(401, 403, 404, 409, 422, 503),
+    responses=problem_responses(401, 403, 404, 409, 422, 503, 507),
     description="Starts a backup: validated against live libvirt, planned, and queued; a "
     "worker runs it. A second backup of a domain waits as `queued` until the first ends. "
     "The same `Idempotency-Key` and body within 24 h returns the first response again.",
@@ -140,11 +140,16 @@ async def get_chain(backup_id: uuid.UUID, _: ReadDep, session: SessionDep) -> Ch
     "/v1/backups/{backup_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(401, 403, 404, 409),
-    description="Deletes a terminal backup and the files it wrote. 409 `invalid-state` while "
-    "it is active, or while a later backup's chain needs it, unless `cascade=true`, which "
-    "deletes those later backups too.",
+    description="Deletes a terminal backup, the files it made (never a `reuse_external` file "
+    "nor another backup's) and its restores with their files. 409 `invalid-state` while it "
+    "is active, while one of its restores runs, or while a later backup's chain needs it, "
+    "unless `cascade=true`, which deletes those later backups too.",
 )
 async def delete_backup(
-    backup_id: uuid.UUID, _: AdminDep, session: SessionDep, cascade: bool = False
+    backup_id: uuid.UUID,
+    _: AdminDep,
+    settings: SettingsDep,
+    session: SessionDep,
+    cascade: bool = False,
 ) -> None:
-    await service.delete_backup(session, backup_id, cascade=cascade)
+    await service.delete_backup(session, backup_id, cascade=cascade, settings=settings)

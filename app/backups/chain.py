@@ -11,6 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from app import images
+from app.backups.paths import confine
 from app.db.models import Backup, BackupDisk, BackupStatus
 from app.errors import ChainBroken
 
@@ -83,3 +85,14 @@ async def dependents(session: AsyncSession, backup_id: uuid.UUID) -> list[uuid.U
         found.extend(children)
         frontier = children
     return found
+
+
+async def recorded_images(
+    session: AsyncSession, backup: Backup, disk_name: str, root: Path
+) -> list[images.Image]:
+    """The disk's chain (oldest first) as the service recorded it, each file
+    confined to the backup root now, at the moment of use, with its format."""
+    links = await disk_chain(session, backup, disk_name)
+    for link in links:
+        confine(link.file or "", root, what=f"disk {disk_name}: backup file")
+    return [images.Image(link.file or "", link.format or "") for link in links]

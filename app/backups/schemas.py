@@ -161,6 +161,7 @@ class BackupOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     expires_at: datetime | None
+    policy_id: uuid.UUID | None = None  # the policy whose run made it
 
 
 class BackupList(BaseModel):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
+import logging
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from app import transitions
-from app.backups import chain, planner
+from app.backups import chain, paths, planner, storage
 from app.backups.lineage import choose_base
 from app.backups.schemas import (
     BackupCreate,
@@ -34,11 +34,21 @@ from app.backups.schemas import (
 )
 from app.checkpoints import repository
 from app.db.base import utcnow
-from app.db.models import TERMINAL_STATUSES, Backup, BackupDisk, BackupStatus
-from app.errors import BackupNotFound, DomainNotRunning, InvalidRequest, InvalidState
+from app.db.models import (
+    TERMINAL_STATUSES,
+    Backup,
+    BackupDisk,
+    BackupStatus,
+    Restore,
+    RestoreStatus,
+)
+from app.errors import AppError, BackupNotFound, DomainNotRunning, InvalidRequest, InvalidState
 from app.hosts.registry import HostRegistry
 from app.hypervisor import DomainInfo, Hypervisor
+from app.restores import files as restore_files
 from app.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # Any select over backups (SQLAlchemy 2.1 types a select by its variadic row).
 SelectT = TypeVar("SelectT", bound=Select[*tuple[Any, ...]])
@@ -86,6 +96,7 @@ def backup_out(backup: Backup) -> BackupOut:
         started_at=backup.started_at,
         finished_at=backup.finished_at,
         expires_at=backup.expires_at,
+        policy_id=backup.policy_id,
     )
 
 
@@ -165,6 +176,7 @@ async def create_backup(
         kind=body.effective_kind,
         named=body.incremental,
         mode=body.mode,
+        provisional=_chosen_at_start(body),
     )
     backup_id, now = uuid.uuid4(), utcnow()
     disks = _disk_rows(body, domain, backup_id, base.checkpoint is not None, settings)
@@ -199,6 +211,7 @@ async def create_backup(
         created_at=now,
         disks=disks,
     )
+    await storage.check_request(session, hypervisor, domain, backup, settings)
     transitions.queue_backup(session, backup)
     await session.flush()
     return backup
@@ -304,11 +317,42 @@ async def chain_of(session: AsyncSession, backup_id: uuid.UUID) -> ChainOut:
     )
 
 
-async def delete_backup(session: AsyncSession, backup_id: uuid.UUID, *, cascade: bool) -> None:
+async def _restores_of(session: AsyncSession, backups: list[Backup]) -> list[Restore]:
+    """The doomed backups' restores, whose files go with them; refused while one runs."""
+    found = list(
+        await session.scalars(select(Restore).where(Restore.backup_id.in_([b.id for b in backups])))
+    )
+    active = [r for r in found if r.status in (RestoreStatus.QUEUED, RestoreStatus.RUNNING)]
+    if active:
+        raise InvalidState(
+            f"restore {active[0].id} of backup {active[0].backup_id} is "
+            f"{active[0].status.value}: delete the backup once it has ended"
+        )
+    return found
+
+
+async def _shared_files(session: AsyncSession, backups: list[Backup]) -> set[str]:
+    """Doomed backups' targets that a surviving backup also names (rows from
+    before targets were owned): those stay."""
+    targets = [d.target for b in backups for d in b.disks if d.target]
+    if not targets:
+        return set()
+    rows = await session.scalars(
+        select(BackupDisk.target).where(
+            BackupDisk.target.in_(targets),
+            BackupDisk.backup_id.notin_([b.id for b in backups]),
+        )
+    )
+    return {path for path in rows if path}
+
+
+async def delete_backup(
+    session: AsyncSession, backup_id: uuid.UUID, *, cascade: bool, settings: Settings
+) -> None:
     """A terminal backup, and with `cascade` every later backup built on it,
-    with the files they wrote (once the deletion is committed). Their
-    checkpoints stop serving as bases (the foreign key is nulled), so no
-    incremental is ever based on deleted data."""
+    with the files they made and their restores' files (once the deletion is
+    committed). Their checkpoints stop serving as bases (the foreign key is
+    nulled), so no incremental is ever based on deleted data."""
     backup = await get_backup(session, backup_id)
     if not backup.status.terminal:
         raise InvalidState(f"backup {backup_id} is {backup.status.value}: cancel it first")
@@ -323,20 +367,43 @@ async def delete_backup(session: AsyncSession, backup_id: uuid.UUID, *, cascade:
         raise InvalidState(f"a backup built on {backup_id} is still active")
     if not cascade:  # only failed or cancelled ones point at it: they need nothing
         later = []
+    doomed = [*reversed(later), backup]  # newest first: a parent outlives its children's rows
+    restores = await _restores_of(session, doomed)
+    shared = await _shared_files(session, doomed)
+    if not cascade:
         await session.execute(
             update(Backup).where(Backup.parent_backup_id == backup_id).values(parent_backup_id=None)
         )
-    doomed = [*reversed(later), backup]  # newest first: a parent outlives its children's rows
     for victim in doomed:
         await session.delete(victim)
         await session.flush()
-    event.listen(session.sync_session, "after_commit", lambda _s: _remove_files(doomed), once=True)
+    for restore in restores:
+        session.expunge(restore)  # its row goes with the backup's (ON DELETE CASCADE)
+
+    def remove_files(_session: object) -> None:
+        _remove_files(doomed, shared, settings)
+        for restore in restores:
+            restore_files.remove(restore, settings)
+
+    event.listen(session.sync_session, "after_commit", remove_files, once=True)
 
 
-def _remove_files(backups: list[Backup]) -> None:
+def _remove_files(backups: list[Backup], shared: set[str], settings: Settings) -> None:
+    """Only the targets the service made (never a reuse_external file, never a
+    file another backup names), under the backup root with no link on the way;
+    then the backup's own directory once empty. Failures are logged: the rows
+    are gone, and `vmbackup orphans` lists what stayed."""
+    root = settings.backups_dir
     for backup in backups:
         for disk in backup.disks:
-            if backup.mode == "push" and disk.target:
-                Path(disk.target).unlink(missing_ok=True)
-                with contextlib.suppress(OSError):  # a generated directory, once empty
-                    Path(disk.target).parent.rmdir()
+            if backup.mode != "push" or not disk.target:
+                continue
+            what = f"backup {backup.id}: disk {disk.name}"
+            try:
+                if disk.owns_target and disk.target not in shared:
+                    paths.remove_file(disk.target, root, what=what)
+                if Path(disk.target).parent.name == str(backup.id):  # generated: its own
+                    names = paths.parts_under(disk.target, root, what=what)
+                    paths.remove_empty_dir(root, names[:-1], what=what)
+            except (OSError, AppError) as error:
+                log.warning("%s: file not removed: %s", what, error)

@@ -36,6 +36,7 @@ from app.db.session import DATABASE_UNAVAILABLE, Database
 from app.errors import AppError, CheckpointNotFound, DomainNotFound
 from app.hosts.registry import HostRegistry
 from app.hypervisor import DomainStopped, HostReconnected, HypervisorEvent, JobCompleted
+from app.policies import scheduler
 from app.restores.runner import run_restore
 from app.settings import Settings
 from app.worker.runner import BackupRunner, JobSignal
@@ -55,6 +56,9 @@ class WorkerPool:
         self._restores: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._signals: dict[tuple[str, str], JobSignal] = {}
         self._wake = asyncio.Event()
+        # Jobs left by backups failed in a host outage are looked for at start and
+        # when a host comes back, not on every tick.
+        self._abandoned_due = True
         self._last_heartbeat: datetime | None = None
 
     @property
@@ -119,6 +123,7 @@ class WorkerPool:
             for (host, _domain), waiting in self._signals.items():
                 if host == happened.host:
                     waiting.wake.set()
+            self._abandoned_due = True
             self._wake.set()
             return
         signal = self._signals.get((happened.host, happened.domain_uuid))
@@ -177,8 +182,10 @@ class WorkerPool:
     async def _dispatch_loop(self) -> None:
         while True:
             try:
-                await self._abort_abandoned()
+                if self._abandoned_due:
+                    self._abandoned_due = not await self._abort_abandoned()
                 await self._take_over_stalled()
+                await scheduler.run_due(self.database, self.hosts, self.settings)
                 while await self._claim_next():
                     pass
                 while await self._claim_restore():
@@ -275,7 +282,7 @@ class WorkerPool:
     def _start_restore(self, restore_id: uuid.UUID, epoch: int) -> None:
         async def run() -> None:
             try:
-                await run_restore(self.database, restore_id, epoch)
+                await run_restore(self.database, restore_id, epoch, self.settings)
             except transitions.LeaseLost as lost:
                 log.info("%s", lost)
             except Exception:
@@ -286,11 +293,13 @@ class WorkerPool:
 
         self._restores[restore_id] = asyncio.create_task(run(), name=f"restore-{restore_id}")
 
-    async def _abort_abandoned(self) -> None:
+    async def _abort_abandoned(self) -> bool:
         """Backups failed by a host outage past the limit: once their host is back,
         abort the job they left and drop their checkpoint, so nothing is orphaned.
-        Until then no other backup of the domain is claimed."""
+        Until then no other backup of the domain is claimed. True when none is left
+        on a connected host."""
         connected = [host.name for host in self.hosts if host.status.connected]
+        done = True
         async with self.database.session_scope() as session:
             abandoned = (
                 await session.execute(
@@ -311,6 +320,7 @@ class WorkerPool:
                 pass  # the job and its checkpoint went with the domain
             except AppError as error:
                 log.warning("backup %s: cannot abort its job yet: %s", row.id, error.detail)
+                done = False
                 continue
             log.info("backup %s: aborted the job it left during the outage", row.id)
             async with self.database.session_scope() as session:
@@ -319,6 +329,7 @@ class WorkerPool:
                     .where(Backup.id == row.id, Backup.end_action == ABORT_LATER)
                     .values(end_action=ABORTED_LATE)
                 )
+        return done
 
     async def _take_over_stalled(self) -> None:
         now = datetime.now(UTC)
@@ -361,8 +372,7 @@ class WorkerPool:
             backup_id,
             epoch,
             signal,
-            poll_seconds=self.settings.poll_seconds,
-            outage_limit_seconds=self.settings.host_outage_limit_seconds,
+            self.settings,
             resumed=resumed,
         )
 
@@ -375,6 +385,7 @@ class WorkerPool:
                 self._runs.pop(backup_id, None)
                 if self._signals.get((host, domain_uuid)) is signal:
                     del self._signals[(host, domain_uuid)]
+                self._abandoned_due = True  # it may have given up on its host
                 self._wake.set()  # a queued backup of this domain may start now
 
         self._runs[backup_id] = (host, asyncio.create_task(run(), name=f"backup-{backup_id}"))

@@ -4,7 +4,6 @@ with the disk. The service runs on SQLite here: what is under test is the client
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -22,7 +21,6 @@ import httpx
 import libvirt
 import pytest
 
-from app.libvirt.events import ensure_event_loop
 from app.settings import Settings
 from tests.support.service import ServiceProcess, free_port, service_env
 from tests.support.vms import (
@@ -47,17 +45,6 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 def database_url(tmp_path: Path) -> str:
     # One database is enough here (the client never sees it); `vmbackup serve` migrates it.
     return f"sqlite:///{tmp_path / 'vmbackup.db'}"
-
-
-@pytest.fixture
-def libvirt_conn() -> Iterator[libvirt.virConnect]:
-    # A connection per test, not per session: libvirtd restarted by another suite between
-    # two tests then fails neither.
-    ensure_event_loop()
-    conn = libvirt.open("qemu:///system")
-    yield conn
-    with contextlib.suppress(libvirt.libvirtError):
-        conn.close()
 
 
 @pytest.fixture

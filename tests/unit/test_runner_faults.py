@@ -36,10 +36,18 @@ async def database(database_url: str) -> AsyncIterator[Database]:
     await db.dispose()
 
 
-async def _claimed_backup(database: Database, mode: str) -> uuid.UUID:
-    """A backup as the pool leaves it after a claim: `starting`, epoch 1."""
+async def _claimed_backup(database: Database, mode: str, settings: Settings) -> uuid.UUID:
+    """A backup as the pool leaves it after a claim: `starting`, epoch 1, its
+    files planned under the configured roots."""
     backup_id = uuid.uuid4()
-    server = {"transport": "unix", "socket": f"/tmp/{backup_id}.sock"} if mode == "pull" else None
+    pull = mode == "pull"
+    server = {"transport": "unix", "socket": str(settings.socket_root / f"{backup_id}.sock")}
+    disk = BackupDisk(name="vda", position=0, backup=True, backupmode="full", bitmap=True)
+    if pull:
+        disk.scratch = str(settings.scratch_dir / f"{backup_id}.vda.scratch")
+    else:
+        disk.target = str(settings.backups_dir / DOMAIN_UUID / str(backup_id) / "vda.qcow2")
+        disk.format = "qcow2"
     backup = Backup(
         id=backup_id,
         host="local",
@@ -49,10 +57,10 @@ async def _claimed_backup(database: Database, mode: str) -> uuid.UUID:
         kind="full",
         requested_kind="full",
         checkpoint=f"vmb-{backup_id.hex[:8]}",
-        server=server,
-        ttl_seconds=3600 if mode == "pull" else None,
+        server=server if pull else None,
+        ttl_seconds=3600 if pull else None,
         created_at=datetime.now(UTC),
-        disks=[BackupDisk(name="vda", position=0, backup=True, backupmode="full", bitmap=True)],
+        disks=[disk],
     )
     async with database.session_scope() as session:
         transitions.queue_backup(session, backup)
@@ -66,21 +74,16 @@ def _runner(
     database: Database,
     fake: FakeHypervisor,
     backup_id: uuid.UUID,
+    settings: Settings,
     *,
     epoch: int = 1,
     resumed: bool = False,
     outage_limit: float = 30.0,
 ) -> BackupRunner:
-    return BackupRunner(
-        database,
-        fake,
-        backup_id,
-        epoch,
-        JobSignal(),
-        poll_seconds=0.02,
-        outage_limit_seconds=outage_limit,
-        resumed=resumed,
+    tuned = settings.model_copy(
+        update={"poll_seconds": 0.02, "host_outage_limit_seconds": outage_limit}
     )
+    return BackupRunner(database, fake, backup_id, epoch, JobSignal(), tuned, resumed=resumed)
 
 
 async def _load(database: Database, backup_id: uuid.UUID) -> Backup:
@@ -105,13 +108,17 @@ async def _until(database: Database, backup_id: uuid.UUID, status: BackupStatus)
         if backup.status == status:
             return backup
         await asyncio.sleep(0.01)
-    raise AssertionError(f"backup {backup_id} is {backup.status}, never {status}")
+    raise AssertionError(
+        f"backup {backup_id} is {backup.status} ({backup.error_message}), never {status}"
+    )
 
 
-async def test_a_host_outage_is_waited_out_and_the_pull_then_finishes(database: Database) -> None:
+async def test_a_host_outage_is_waited_out_and_the_pull_then_finishes(
+    database: Database, settings: Settings
+) -> None:
     fake = FakeHypervisor()
-    backup_id = await _claimed_backup(database, "pull")
-    run = asyncio.create_task(_runner(database, fake, backup_id).run())
+    backup_id = await _claimed_backup(database, "pull", settings)
+    run = asyncio.create_task(_runner(database, fake, backup_id, settings).run())
     await _until(database, backup_id, S.READY)
 
     fake.disconnect()
@@ -135,11 +142,11 @@ async def test_a_host_outage_is_waited_out_and_the_pull_then_finishes(database: 
 
 
 async def test_a_job_that_ended_during_the_outage_is_judged_by_its_completed_stats(
-    database: Database,
+    database: Database, settings: Settings
 ) -> None:
     fake = FakeHypervisor()
-    backup_id = await _claimed_backup(database, "push")
-    run = asyncio.create_task(_runner(database, fake, backup_id).run())
+    backup_id = await _claimed_backup(database, "push", settings)
+    run = asyncio.create_task(_runner(database, fake, backup_id, settings).run())
     await _until(database, backup_id, S.RUNNING)
 
     fake.disconnect()
@@ -159,8 +166,8 @@ async def test_an_outage_past_the_limit_fails_the_backup_and_its_job_is_aborted_
     database: Database, settings: Settings
 ) -> None:
     fake = FakeHypervisor()
-    backup_id = await _claimed_backup(database, "pull")
-    run = asyncio.create_task(_runner(database, fake, backup_id, outage_limit=0.3).run())
+    backup_id = await _claimed_backup(database, "pull", settings)
+    run = asyncio.create_task(_runner(database, fake, backup_id, settings, outage_limit=0.3).run())
     await _until(database, backup_id, S.READY)
 
     fake.disconnect()
@@ -191,10 +198,10 @@ async def test_an_outage_past_the_limit_fails_the_backup_and_its_job_is_aborted_
 
 
 async def test_a_resumed_runner_finds_the_job_and_never_begins_a_second(
-    database: Database,
+    database: Database, settings: Settings
 ) -> None:
     fake = FakeHypervisor()
-    backup_id = await _claimed_backup(database, "pull")
+    backup_id = await _claimed_backup(database, "pull", settings)
     # The previous holder's backupBegin reached libvirt, then it died.
     planned = await _load(database, backup_id)
     await fake.backup_begin(DOMAIN_UUID, backup_spec(planned), checkpoint_spec(planned))
@@ -202,7 +209,9 @@ async def test_a_resumed_runner_finds_the_job_and_never_begins_a_second(
     async with database.session_scope() as session:
         expires = datetime.now(UTC) + timedelta(seconds=30)
         assert await transitions.take_over(session, backup_id, 1, "replica-b", expires)
-    run = asyncio.create_task(_runner(database, fake, backup_id, epoch=2, resumed=True).run())
+    run = asyncio.create_task(
+        _runner(database, fake, backup_id, settings, epoch=2, resumed=True).run()
+    )
     await _until(database, backup_id, S.READY)
     async with database.session_scope() as session:
         await request_finish(session, backup_id)
@@ -212,14 +221,16 @@ async def test_a_resumed_runner_finds_the_job_and_never_begins_a_second(
     assert len(fake.begun) == 1
 
 
-async def test_a_runner_whose_lease_was_taken_over_writes_nothing(database: Database) -> None:
+async def test_a_runner_whose_lease_was_taken_over_writes_nothing(
+    database: Database, settings: Settings
+) -> None:
     fake = FakeHypervisor()
-    backup_id = await _claimed_backup(database, "push")
+    backup_id = await _claimed_backup(database, "push", settings)
     async with database.session_scope() as session:
         expires = datetime.now(UTC) + timedelta(seconds=30)
         assert await transitions.take_over(session, backup_id, 1, "replica-b", expires)
 
-    await asyncio.wait_for(_runner(database, fake, backup_id, epoch=1).run(), 10)
+    await asyncio.wait_for(_runner(database, fake, backup_id, settings, epoch=1).run(), 10)
 
     stale = await _load(database, backup_id)
     assert fake.begun == []  # it looked at its lease before calling libvirt
