@@ -139,8 +139,18 @@ class HypervisorError(AppError):
         self.libvirt_code = libvirt_code
 
 
-class LimitReached(AppError):
-    """A configured limit (such as queued and running restores) is reached; nothing changed."""
+class RetryLater(AppError):
+    """Refused for now, not for good: answered with `Retry-After` where a useful
+    wait is known."""
+
+    def __init__(self, detail: str, *, retry_after: int | None = None, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after = retry_after
+
+
+class LimitReached(RetryLater):
+    """A configured limit (queued backups, open event streams) is reached: nothing
+    was done; the same request may succeed later."""
 
     status = 429
     code = "limit-reached"
@@ -153,3 +163,12 @@ class InsufficientStorage(AppError):
     status = 507
     code = "insufficient-storage"
     title = "Insufficient storage"
+
+
+class IdempotencyInProgress(RetryLater):
+    """A request with this `Idempotency-Key` is still being processed, so its
+    answer is not known yet; retrying later replays it."""
+
+    status = 409
+    code = "idempotency-in-progress"
+    title = "Idempotency key in use by a request in progress"

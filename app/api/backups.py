@@ -38,10 +38,13 @@ def _accepted(state: AppState, session: AsyncSession, backup: BackupOut) -> JSON
     "/v1/hosts/{host}/domains/{domain}/backups",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BackupOut,
-    responses=problem_responses(401, 403, 404, 409, 422, 503, 507),
+    responses=problem_responses(401, 403, 404, 409, 422, 429, 503, 507),
     description="Starts a backup: validated against live libvirt, planned, and queued; a "
     "worker runs it. A second backup of a domain waits as `queued` until the first ends. "
-    "The same `Idempotency-Key` and body within 24 h returns the first response again.",
+    "The same `Idempotency-Key` and body within 24 h returns the first response again. "
+    "Limits (settings): a domain or a host with its most `queued` backups is 429 "
+    "`limit-reached` with `Retry-After`; `ttl_seconds` above `MAX_PULL_TTL_SECONDS` is 422; "
+    "a `tcp` export off loopback needs `tls` unless `ALLOW_PLAIN_TCP_EXPORTS` (else 422).",
 )
 async def start_backup(
     host: str,
@@ -63,7 +66,7 @@ async def start_backup(
 
     return await idempotency.respond_once(
         session,
-        principal=principal.name,
+        principal=principal,
         key=idempotency_key,
         request_hash=idempotency.fingerprint("POST", request.url.path, body),
         make=start,
@@ -83,7 +86,7 @@ async def list_backups(
     domain: Annotated[str | None, Query(description="domain name or UUID")] = None,
     status_filter: Annotated[StatusFilter | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Annotated[str | None, Query(max_length=512, pattern=r"^[A-Za-z0-9_-]+$")] = None,
 ) -> BackupList:
     filters = service.BackupFilters(host=host, domain=domain, status=status_filter)
     return await service.list_backups(session, filters=filters, limit=limit, cursor=cursor)

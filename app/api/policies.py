@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import JSONResponse
 
+from app.api import idempotency
 from app.api.deps import AdminDep, HostsDep, OperateDep, ReadDep, SessionDep, SettingsDep, StateDep
+from app.api.idempotency import IdempotencyKeyHeader
 from app.api.problems import problem_responses
 from app.api.responses import accepted
 from app.db.base import utcnow
@@ -33,18 +35,37 @@ async def list_policies(_: ReadDep, session: SessionDep) -> PolicyList:
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
+    response_model=PolicyOut,
     responses=problem_responses(401, 403, 404, 409, 422),
     summary="Create a policy",
     description="`schedule.cron` has five fields, or six with seconds last; it is read in "
     "`schedule.timezone`. Each run backs up every selected domain with `kind: auto` (a full "
-    "backup once `full_every` says so). 404 for an unknown host, 409 when the name is taken.",
+    "backup once `full_every` says so). 404 for an unknown host, 409 when the name is taken. "
+    "The same `Idempotency-Key` and body within 24 h returns the first response again.",
 )
 async def create_policy(
-    body: PolicyCreate, _: AdminDep, hosts: HostsDep, session: SessionDep, response: Response
-) -> PolicyOut:
-    policy = await service.create_policy(session, hosts, body)
-    response.headers["Location"] = f"/v1/policies/{policy.id}"
-    return service.policy_out(policy)
+    body: PolicyCreate,
+    request: Request,
+    principal: AdminDep,
+    hosts: HostsDep,
+    session: SessionDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JSONResponse:
+    async def create() -> JSONResponse:
+        policy = await service.create_policy(session, hosts, body)
+        return JSONResponse(
+            service.policy_out(policy).model_dump(mode="json"),
+            status.HTTP_201_CREATED,
+            headers={"Location": f"/v1/policies/{policy.id}"},
+        )
+
+    return await idempotency.respond_once(
+        session,
+        principal=principal,
+        key=idempotency_key,
+        request_hash=idempotency.fingerprint("POST", request.url.path, body),
+        make=create,
+    )
 
 
 @router.get("/{policy_id}", responses=problem_responses(401, 403, 404), summary="Get a policy")
@@ -83,22 +104,34 @@ async def delete_policy(policy_id: PolicyId, _: AdminDep, session: SessionDep) -
     responses=problem_responses(401, 403, 404),
     summary="Run a policy now",
     description="One run now, outside the schedule: a backup queued per selected domain, "
-    "or a skipped run with the reason.",
+    "or a skipped run with the reason. With an `Idempotency-Key`, a retry within 24 h "
+    "returns the first answer instead of running again.",
 )
 async def run_policy(
     policy_id: PolicyId,
-    _: OperateDep,
+    request: Request,
+    principal: OperateDep,
     hosts: HostsDep,
     settings: SettingsDep,
     session: SessionDep,
     state: StateDep,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
-    policy = await service.get_policy(session, policy_id)
-    runs = await scheduler.run_policy(
-        state.database, hosts, settings, policy, scheduled_for=utcnow()
+    async def run() -> JSONResponse:
+        policy = await service.get_policy(session, policy_id)
+        runs = await scheduler.run_policy(
+            state.database, hosts, settings, policy, scheduled_for=utcnow()
+        )
+        body = PolicyRunList(items=[service.run_out(r) for r in runs], next_cursor=None)
+        return accepted(state, session, body, f"/v1/policies/{policy_id}/runs")
+
+    return await idempotency.respond_once(
+        session,
+        principal=principal,
+        key=idempotency_key,
+        request_hash=idempotency.fingerprint("POST", request.url.path, None),
+        make=run,
     )
-    body = PolicyRunList(items=[service.run_out(run) for run in runs], next_cursor=None)
-    return accepted(state, session, body, f"/v1/policies/{policy_id}/runs")
 
 
 @router.get(

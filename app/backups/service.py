@@ -3,17 +3,13 @@ status belongs to the worker pool: the API records requests (`end_action`)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, event, select, update
+from sqlalchemy import Select, event, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -33,6 +29,7 @@ from app.backups.schemas import (
     ProgressOut,
 )
 from app.checkpoints import repository
+from app.db import keyset
 from app.db.base import utcnow
 from app.db.models import (
     TERMINAL_STATUSES,
@@ -42,7 +39,14 @@ from app.db.models import (
     Restore,
     RestoreStatus,
 )
-from app.errors import AppError, BackupNotFound, DomainNotRunning, InvalidRequest, InvalidState
+from app.errors import (
+    AppError,
+    BackupNotFound,
+    DomainNotRunning,
+    InvalidRequest,
+    InvalidState,
+    LimitReached,
+)
 from app.hosts.registry import HostRegistry
 from app.hypervisor import DomainInfo, Hypervisor
 from app.restores import files as restore_files
@@ -52,6 +56,8 @@ log = logging.getLogger(__name__)
 
 # Any select over backups (SQLAlchemy 2.1 types a select by its variadic row).
 SelectT = TypeVar("SelectT", bound=Select[*tuple[Any, ...]])
+# A queued backup waits for the one before it on its domain: minutes, typically.
+QUEUE_RETRY_AFTER_SECONDS = 60
 
 
 def backup_out(backup: Backup) -> BackupOut:
@@ -151,6 +157,49 @@ def _chosen_at_start(body: BackupCreate) -> bool:
     return body.effective_kind == "auto" and not any(d.backupmode for d in body.disks or [])
 
 
+def _refuse_out_of_bounds(body: BackupCreate, settings: Settings) -> None:
+    if body.ttl_seconds is not None and body.ttl_seconds > settings.max_pull_ttl_seconds:
+        raise InvalidRequest(
+            f"ttl_seconds: at most {settings.max_pull_ttl_seconds} (VMBACKUP_MAX_PULL_TTL_SECONDS)",
+            errors=[{"field": "body.ttl_seconds", "message": "above the configured bound"}],
+        )
+
+
+async def _queued(session: AsyncSession, host: str, domain_uuid: str | None = None) -> int:
+    query = select(func.count()).where(Backup.host == host, Backup.status == BackupStatus.QUEUED)
+    if domain_uuid is not None:
+        query = query.where(Backup.domain_uuid == domain_uuid)
+    return int(await session.scalar(query) or 0)
+
+
+async def _refuse_a_full_queue(
+    session: AsyncSession, settings: Settings, host: str, domain: DomainInfo, *, adding: int
+) -> None:
+    """429 when the domain's or the host's queue is full, counting `adding` more."""
+    limits = (
+        (domain.uuid, settings.max_queued_backups_per_domain, f"domain {domain.name}", "DOMAIN"),
+        (None, settings.max_queued_backups_per_host, f"host {host}", "HOST"),
+    )
+    for domain_uuid, limit, whose, setting in limits:
+        queued = await _queued(session, host, domain_uuid)
+        if queued + adding > limit:
+            raise LimitReached(
+                f"{whose} has {queued} queued backups, the most allowed "
+                f"(VMBACKUP_MAX_QUEUED_BACKUPS_PER_{setting}): retry once one has started",
+                retry_after=QUEUE_RETRY_AFTER_SECONDS,
+            )
+
+
+async def _hold_the_queue(session: AsyncSession, host: str) -> None:
+    """Counts that include concurrent requests. SQLite has one writer: after our
+    insert, no other request's insert can commit before ours. PostgreSQL needs a
+    lock, held to the end of the transaction, so two inserts cannot both count
+    before either commits."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = func.hashtext(f"vmbackup.queue:{host}")
+        await session.execute(select(func.pg_advisory_xact_lock(key)))
+
+
 async def create_backup(
     session: AsyncSession,
     hosts: HostRegistry,
@@ -161,11 +210,15 @@ async def create_backup(
     body: BackupCreate,
 ) -> Backup:
     """Validate against live libvirt, plan, and write the intent as `queued`."""
+    _refuse_out_of_bounds(body, settings)
+    backup_id = uuid.uuid4()
+    server = planner.plan_server(body.server, backup_id, settings) if body.mode == "pull" else None
     hypervisor = hosts.get(host)
     domain = await hypervisor.get_domain(domain_ref)
     if not domain.active:
         raise DomainNotRunning(f"domain {domain.name} is {domain.state}")
     planner.select_disks(domain, body.disks)  # unknown disks before anything slower
+    await _refuse_a_full_queue(session, settings, host, domain, adding=1)  # before any work
     checkpoint = _checkpoint_request(body)
     if checkpoint is not None and checkpoint.name is not None:
         await _refuse_taken_name(session, hypervisor, domain, checkpoint.name)
@@ -178,7 +231,7 @@ async def create_backup(
         mode=body.mode,
         provisional=_chosen_at_start(body),
     )
-    backup_id, now = uuid.uuid4(), utcnow()
+    now = utcnow()
     disks = _disk_rows(body, domain, backup_id, base.checkpoint is not None, settings)
     has_bitmaps = any(disk.backup and disk.bitmap for disk in disks)
     kind = "incremental" if base.checkpoint else "full"
@@ -205,15 +258,15 @@ async def create_backup(
         if body.mode == "pull"
         else None,
         description=body.description,
-        server=planner.plan_server(body.server, backup_id, settings)
-        if body.mode == "pull"
-        else None,
+        server=server,
         created_at=now,
         disks=disks,
     )
     await storage.check_request(session, hypervisor, domain, backup, settings)
     transitions.queue_backup(session, backup)
     await session.flush()
+    await _hold_the_queue(session, host)
+    await _refuse_a_full_queue(session, settings, host, domain, adding=0)  # with ours, exactly
     return backup
 
 
@@ -226,20 +279,6 @@ async def get_backup(session: AsyncSession, backup_id: uuid.UUID) -> Backup:
     if backup is None:
         raise BackupNotFound(f"backup {backup_id} does not exist")
     return backup
-
-
-def encode_cursor(backup: Backup) -> str:
-    raw = json.dumps([backup.created_at.isoformat(), str(backup.id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, backup_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), uuid.UUID(backup_id)
-    except (binascii.Error, ValueError, TypeError) as error:
-        raise InvalidRequest("cursor: not a cursor this service gave out") from error
 
 
 @dataclass(frozen=True)
@@ -264,14 +303,14 @@ async def list_backups(
     query = _with_disks().order_by(Backup.created_at.desc(), Backup.id.desc()).limit(limit + 1)
     query = filters.apply(query)
     if cursor is not None:
-        created_at, backup_id = decode_cursor(cursor)
+        created_at, backup_id = keyset.decode(cursor)
         query = query.where(
             (Backup.created_at < created_at)
             | ((Backup.created_at == created_at) & (Backup.id < backup_id))
         )
     rows = list((await session.scalars(query)).all())
     page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
+    next_cursor = keyset.encode(page[-1].created_at, page[-1].id) if len(rows) > limit else None
     return BackupList(items=[backup_out(b) for b in page], next_cursor=next_cursor)
 
 

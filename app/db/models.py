@@ -203,7 +203,11 @@ class BackupEvent(Base):
     """Every status change and progress step: the audit trail and the SSE feed."""
 
     __tablename__ = "backup_events"
-    __table_args__ = (Index("ix_backup_events_backup_id_id", "backup_id", "id"),)
+    # Ids are SSE ids, so never reused: SQLite reuses deleted rowids without AUTOINCREMENT.
+    __table_args__ = (
+        Index("ix_backup_events_backup_id_id", "backup_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     backup_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("backups.id", ondelete="CASCADE"))
@@ -258,14 +262,18 @@ class Restore(Base):
 
 
 class IdempotencyKey(Base):
+    """A key reserved by a request (the token's digest and the client's key), then
+    its answer."""
+
     __tablename__ = "idempotency_keys"
     __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
 
     principal: Mapped[str] = mapped_column(String(64), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
-    status_code: Mapped[int] = mapped_column(Integer)
-    response_body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Null while the request that reserved the key is in progress.
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     location: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

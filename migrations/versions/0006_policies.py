@@ -1,7 +1,7 @@
 """policies and their runs
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-26 01:07:20.899538
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import app.db.base
 
 revision: str = "0006"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -95,3 +95,17 @@ async def test_a_deleted_policy_is_gone_with_its_runs(client: httpx.AsyncClient)
         gone = await client.get(path)
         assert gone.status_code == 404
         assert gone.json()["code"] == "policy-not-found"
+
+
+async def test_a_retried_create_with_its_idempotency_key_makes_one_policy(
+    client: httpx.AsyncClient,
+) -> None:
+    headers = {"Idempotency-Key": "nightly-1"}
+    first = await client.post("/v1/policies", json=BODY, headers=headers)
+    again = await client.post("/v1/policies", json=BODY, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json() == first.json()
+    assert len((await client.get("/v1/policies")).json()["items"]) == 1
+    other = await client.post("/v1/policies", json={**BODY, "name": "x"}, headers=headers)
+    assert other.status_code == 422
+    assert other.json()["code"] == "idempotency-conflict"
