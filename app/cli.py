@@ -29,10 +29,28 @@ def _settings(**overrides: object) -> Settings:
         raise SystemExit(f"vmbackup: invalid settings: {error}") from None
 
 
-def _migrate(settings: Settings) -> None:
-    from app.db.migrate import upgrade_to_head
+def _database_reachable(settings: Settings) -> None:
+    from app.db.reach import DatabaseUnreachable, ensure_reachable
 
-    upgrade_to_head(settings.effective_database_url)
+    try:
+        ensure_reachable(settings.effective_database_url)
+    except DatabaseUnreachable as error:
+        raise SystemExit(f"vmbackup: cannot reach the database {error}") from None
+
+
+def _migrate(settings: Settings) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    from app.db.migrate import upgrade_to_head
+    from app.db.reach import first_line
+    from app.db.urls import display_url
+
+    _database_reachable(settings)
+    try:
+        upgrade_to_head(settings.effective_database_url)
+    except DBAPIError as error:  # e.g. gone between the check and the migration
+        url = display_url(settings.effective_database_url)
+        raise SystemExit(f"vmbackup: migrating {url} failed: {first_line(error)}") from None
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -42,7 +60,9 @@ def serve(args: argparse.Namespace) -> None:
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = _settings(**overrides)
-    if not args.no_migrate:
+    if args.no_migrate:
+        _database_reachable(settings)
+    else:
         _migrate(settings)
     uvicorn.run(
         create_app(settings),
@@ -93,7 +113,12 @@ def list_orphans(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="vmbackup", description=__doc__)
+    from app import client  # hosts, domains, backup, ...: the HTTP API's client (app/client/)
+
+    if client.owns(argv):
+        client.main(argv)
+        return
+    parser = argparse.ArgumentParser(prog="vmbackup", description=__doc__, epilog=client.HELP)
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run the API and the worker pool")
     serve_parser.add_argument("--host", help="address to bind (VMBACKUP_HOST)")

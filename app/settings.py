@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.db.urls import async_database_url
+
 Scope = Literal["read", "operate", "admin"]
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -74,6 +76,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return json.loads(value) if value.strip() else []
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str | None) -> str | None:
+        return None if value is None else async_database_url(value)
 
     @field_validator("data_dir", "backup_root", "scratch_root", "restore_root", "socket_root")
     @classmethod
