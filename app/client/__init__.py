@@ -1,5 +1,5 @@
-"""`vmbackup hosts | domains | backup | restore | checkpoints | events`: a client of the
-HTTP API (/work/shared/API.md is the contract it speaks; `/openapi.json` on the service).
+"""`vmbackup hosts | domains | backup | restore | checkpoints | policies | events`: a
+client of the HTTP API (the contract it speaks is served at `/openapi.json`).
 
 It talks to the service only over HTTP, so it imports nothing of the server. This module
 stays light (no click, httpx or rich) because `app.cli` asks it, for every command line,
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-COMMANDS = frozenset({"hosts", "domains", "backup", "restore", "checkpoints", "events"})
+COMMANDS = frozenset({"hosts", "domains", "backup", "restore", "checkpoints", "policies", "events"})
 # The group's own options that take a value, to be skipped when looking for the command.
 _VALUE_OPTIONS = frozenset({"--url", "--token"})
 HELP = (

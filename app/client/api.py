@@ -98,6 +98,10 @@ class Api:
         response = self._send("POST", path, json=body, params=_query(params), headers=headers)
         return response.json() if response.content else {}
 
+    def patch(self, path: str, body: JSON) -> JSON:
+        response: JSON = self._send("PATCH", path, json=body).json()
+        return response
+
     def delete(self, path: str, params: Mapping[str, Any] | None = None) -> None:
         self._send("DELETE", path, params=_query(params))
 

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -255,6 +257,20 @@ def backup_delete(ctx: Context, backup_id: str, cascade: bool) -> None:
     ctx.emit({"deleted": backup_id}, lambda: ctx.err.print(f"deleted {backup_id}", markup=False))
 
 
+@backup.command("verify", help="Re-read a push backup's chain against its recorded digests.")
+@click.argument("backup_id")
+@click.option("--wait", is_flag=True, help="wait for the verdict (exit 0 ok, 1 corrupt)")
+@pass_context
+def backup_verify(ctx: Context, backup_id: str, wait: bool) -> None:
+    body = ctx.api.post(f"/v1/backups/{backup_id}/verify")
+    while wait and body["verification"]["status"] == "running":
+        time.sleep(0.5)
+        body = ctx.api.get(f"/v1/backups/{backup_id}")
+    ctx.emit(body, lambda: render.backup(ctx.out, body))
+    if wait and body["verification"]["status"] != "ok":
+        raise SystemExit(Exit.FAILED)
+
+
 @backup.command("chain", help="Each disk's files from its full backup to this one.")
 @click.argument("backup_id")
 @pass_context
@@ -382,6 +398,79 @@ def checkpoints_reconcile(ctx: Context, domain: str, host: str, dry_run: bool) -
     query = {"dry_run": "true" if dry_run else None}
     body = ctx.api.post(f"{_checkpoints(host, domain)}/reconcile", params=query)
     ctx.emit(body, lambda: render.reconcile(ctx.out, body))
+
+
+# -- policies --------------------------------------------------------------------------
+
+
+@cli.group(help="Scheduled backups: list, show, create, run, runs, pause, resume, delete.")
+def policies() -> None:
+    pass
+
+
+@policies.command("list", help="Policies with their schedule and next run.")
+@pass_context
+def policies_list(ctx: Context) -> None:
+    body = ctx.api.get("/v1/policies")
+    ctx.emit(body, lambda: render.policies(ctx.out, body))
+
+
+@policies.command("show", help="One policy, as JSON.")
+@click.argument("policy_id")
+@pass_context
+def policies_show(ctx: Context, policy_id: str) -> None:
+    click.echo(dumps(ctx.api.get(f"/v1/policies/{policy_id}")))
+
+
+@policies.command("create", help="A policy from a JSON file (the body of POST /v1/policies).")
+@click.argument("file", type=click.File("r"))
+@pass_context
+def policies_create(ctx: Context, file: Any) -> None:
+    body = ctx.api.post("/v1/policies", json.load(file))
+    ctx.emit(body, lambda: render.policies(ctx.out, {"items": [body]}))
+
+
+@policies.command("run", help="Run a policy now: a backup queued per selected domain.")
+@click.argument("policy_id")
+@pass_context
+def policies_run(ctx: Context, policy_id: str) -> None:
+    body = ctx.api.post(f"/v1/policies/{policy_id}/run")
+    ctx.emit(body, lambda: render.policy_runs(ctx.out, body))
+
+
+@policies.command("runs", help="A policy's runs, newest first, with their backups.")
+@click.argument("policy_id")
+@pass_context
+def policies_runs(ctx: Context, policy_id: str) -> None:
+    body = ctx.api.get(f"/v1/policies/{policy_id}/runs")
+    ctx.emit(body, lambda: render.policy_runs(ctx.out, body))
+
+
+def _set_enabled(ctx: Context, policy_id: str, enabled: bool) -> None:
+    body = ctx.api.patch(f"/v1/policies/{policy_id}", {"enabled": enabled})
+    ctx.emit(body, lambda: render.policies(ctx.out, {"items": [body]}))
+
+
+@policies.command("pause", help="Stop a policy's schedule (its backups stay).")
+@click.argument("policy_id")
+@pass_context
+def policies_pause(ctx: Context, policy_id: str) -> None:
+    _set_enabled(ctx, policy_id, False)
+
+
+@policies.command("resume", help="Run a paused policy again from its next slot.")
+@click.argument("policy_id")
+@pass_context
+def policies_resume(ctx: Context, policy_id: str) -> None:
+    _set_enabled(ctx, policy_id, True)
+
+
+@policies.command("delete", help="Delete a policy and its runs (its backups stay).")
+@click.argument("policy_id")
+@pass_context
+def policies_delete(ctx: Context, policy_id: str) -> None:
+    ctx.api.delete(f"/v1/policies/{policy_id}")
+    ctx.emit({"deleted": policy_id}, lambda: ctx.err.print(f"deleted {policy_id}", markup=False))
 
 
 # -- events ----------------------------------------------------------------------------

@@ -79,6 +79,12 @@ def backups(console: Console, items: list[JSON]) -> None:
     table(console, ("ID", "DOMAIN", "MODE", "KIND", "STATUS", "PROGRESS", "CREATED"), rows)
 
 
+def _verification(v: JSON | None) -> str | None:
+    if v is None or v["status"] == "unverified":
+        return None
+    return f"{v['status']}: {v['detail']}" if v["detail"] else v["status"]
+
+
 def backup(console: Console, b: JSON) -> None:
     fields = [
         ("id", b["id"]),
@@ -94,6 +100,8 @@ def backup(console: Console, b: JSON) -> None:
         ("created", b["created_at"]),
         ("finished", b["finished_at"]),
         ("expires", b["expires_at"]),
+        ("verification", _verification(b.get("verification"))),
+        ("policy", b.get("policy_id")),
     ]
     table(console, ("FIELD", "VALUE"), [(k, v) for k, v in fields if v is not None])
     disks = [
@@ -184,3 +192,28 @@ def event(console: Console, e: JSON) -> None:
     if e.get("message"):
         line += f": {e['message']}"
     console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def policies(console: Console, body: JSON) -> None:
+    rows = [
+        (
+            p["name"],
+            "enabled" if p["enabled"] else "paused",
+            p["schedule"]["cron"],
+            p["schedule"]["timezone"],
+            p["selector"]["host"],
+            ", ".join(p["selector"]["domains"] or ["(all)"]),
+            p["next_run_at"],
+            p["id"],
+        )
+        for p in body["items"]
+    ]
+    table(console, ("POLICY", "STATE", "CRON", "ZONE", "HOST", "DOMAINS", "NEXT RUN", "ID"), rows)
+
+
+def policy_runs(console: Console, body: JSON) -> None:
+    rows = [
+        (r["scheduled_for"], r["domain"]["name"], r["backup_id"] or "-", r["skipped"])
+        for r in body["items"]
+    ]
+    table(console, ("SCHEDULED FOR", "DOMAIN", "BACKUP", "SKIPPED"), rows)

@@ -381,3 +381,38 @@ def test_waiting_resumes_the_event_stream_across_a_restart_of_the_service(
     # Resumed after the last event it had, so no change is shown twice.
     assert stderr.count("starting -> ready") == 1
     assert stderr.count("finishing -> succeeded") == 1
+
+
+def test_policies_and_verify_from_the_command_line(
+    service: ServiceProcess, api: httpx.Client, vm: TestVM, tmp_path: Path
+) -> None:
+    spec = tmp_path / "policy.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "name": "nightly",
+                "selector": {"domains": [vm.name]},
+                "schedule": {"cron": "0 2 * * *"},
+                "verify": True,
+            }
+        )
+    )
+    created = cli(service, "--json", "policies", "create", str(spec))
+    assert created.returncode == 0, created.stderr
+    policy = json.loads(created.stdout)
+    assert api.get(f"/v1/policies/{policy['id']}").json() == policy
+
+    ran = cli(service, "--json", "policies", "run", policy["id"])
+    assert ran.returncode == 0, ran.stderr
+    backup_id = json.loads(ran.stdout)["items"][0]["backup_id"]
+    waited = cli(service, "backup", "wait", backup_id)
+    assert waited.returncode == 0, waited.stderr
+    listed = cli(service, "policies", "runs", policy["id"])
+    assert backup_id in listed.stdout
+
+    verified = cli(service, "--json", "backup", "verify", backup_id, "--wait")
+    assert verified.returncode == 0, verified.stderr
+    assert json.loads(verified.stdout)["verification"]["status"] == "ok"
+    paused = cli(service, "--json", "policies", "pause", policy["id"])
+    assert json.loads(paused.stdout)["enabled"] is False
+    assert json.loads(paused.stdout)["next_run_at"] is None
