@@ -20,10 +20,13 @@ backup that cannot go on (lost, or failed where it had to be ready) raises
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +46,7 @@ from tests.support.vms import (
     qemu_img_compare,
     read_image,
     resume,
+    set_backup_speed,
     write_pattern,
 )
 
@@ -454,27 +458,88 @@ def kill_at_random(rng: random.Random, max_delay: float = 1.5) -> Callable[[Faul
     return scenario
 
 
-def restart_during_pull(run: FaultRun, down_seconds: float = 1.0) -> None:
+def restart_during_pull(
+    run: FaultRun, down_seconds: float = 1.0, during: Callable[[], None] | None = None
+) -> str:
     """libvirtd restarted under a `ready` pull: still ready, same export, reads
-    as the disk, /finish ends it."""
+    as the disk, /finish ends it. `during` runs while libvirtd is down."""
     write_and_pause(run, 0x5E)
     run.start()
     with run.client() as client:
         backup_id = run.post_backup(client, mode="pull")
         uri = run.read_export(client, backup_id)
-        restart_libvirtd(down_seconds)
+        restart_libvirtd(down_seconds, during)
         run.read_export(client, backup_id, uri)
         run.finish(client, backup_id)
         run.expect_finished(client, backup_id)
+    return backup_id
 
 
-def restart_during_push(run: FaultRun, down_seconds: float = 1.0) -> None:
-    """libvirtd restarted while a push copies: it succeeds and reads as the disk
-    (if the copy ended during the outage, its JOB_COMPLETED event was lost)."""
+def restart_during_push(run: FaultRun, *, ends_during_outage: bool) -> str:
+    """libvirtd restarted while a push copies (held running by a QMP speed
+    limit): it succeeds and reads as the disk. With `ends_during_outage` the
+    copy ends while libvirtd is away and the service is frozen until the new
+    libvirtd has ended the job: its JOB_COMPLETED event is surely lost, and
+    the outcome must come from the completed job's statistics."""
     write_and_pause(run, 0x9D)
     run.start()
     with run.client() as client:
         backup_id = run.post_backup(client, mode="push")
-        run.wait(client, backup_id, {"running", "succeeded"})
-        restart_libvirtd(down_seconds)
+        hold_backup_job(run)
+        run.wait(client, backup_id, {"running"})
+        if ends_during_outage:
+            with frozen(run.service):
+                stats = run.conn.lookupByUUIDString(run.vm.uuid).jobStats()
+                # The rest in about a second, well within the outage.
+                set_backup_speed(run.conn, run.vm, stats["disk_total"] - stats["disk_processed"])
+                restart_libvirtd(down_seconds=2)
+                wait_job_completed(run)
+        else:
+            restart_libvirtd(down_seconds=1)
+            set_backup_speed(run.conn, run.vm, 0)
         run.expect_push(client, backup_id)
+    return backup_id
+
+
+@contextmanager
+def frozen(service: ServiceProcess) -> Iterator[None]:
+    """The service stopped (SIGSTOP) inside the block: it sees nothing until after."""
+    assert service.process is not None
+    os.killpg(service.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(service.process.pid, signal.SIGCONT)
+
+
+def wait_job_completed(run: FaultRun, timeout: float = 30.0) -> None:
+    """Until libvirt reports the domain's job completed (its statistics kept
+    for the service to read)."""
+    flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
+    deadline = time.monotonic() + timeout
+    while run.conn.lookupByUUIDString(run.vm.uuid).jobStats(flags).get("type") != (
+        libvirt.VIR_DOMAIN_JOB_COMPLETED
+    ):
+        if time.monotonic() > deadline:
+            raise Broken("lost", f"{run.vm.name}: the job did not complete in {timeout} s")
+        time.sleep(0.1)
+
+
+def hold_backup_job(run: FaultRun, timeout: float = 10.0) -> None:
+    """Slow the domain's backup job to 1 MiB/s as soon as it is in QEMU (its
+    first ~64 MiB are copied at once: QEMU's copy workers are in flight)."""
+    deadline = time.monotonic() + timeout
+    while set_backup_speed(run.conn, run.vm, MiB) == 0:
+        if time.monotonic() > deadline:
+            raise Broken("lost", f"{run.vm.name}: no backup job in QEMU after {timeout} s")
+        time.sleep(0.01)
+
+
+def next_backup_succeeds(run: FaultRun) -> str:
+    """After a fault, the domain's next push backup succeeds and reads as the disk."""
+    resume(run.conn, run.vm)
+    write_and_pause(run, 0xE7, offset=8 * MiB)
+    with run.client() as client:
+        backup_id = run.post_backup(client, mode="push")
+        run.expect_push(client, backup_id)
+    return backup_id

@@ -84,9 +84,14 @@ def libvirtd_down() -> Iterator[None]:
         start_libvirtd()
 
 
-def restart_libvirtd(down_seconds: float = 1.0) -> None:
+def restart_libvirtd(down_seconds: float = 1.0, during: Callable[[], None] | None = None) -> None:
+    """Stop libvirtd for about `down_seconds` (longer if `during`, called while
+    it is down, takes longer), then start it again."""
     with libvirtd_down():
-        time.sleep(down_seconds)
+        back_at = time.monotonic() + down_seconds
+        if during is not None:
+            during()
+        time.sleep(max(0.0, back_at - time.monotonic()))
 
 
 class LiveConnection:
