@@ -21,6 +21,7 @@ from app.settings import Settings
 from tests.support.faults import (
     LEASE_SECONDS,
     FaultRun,
+    create_held_push_vm,
     next_backup_succeeds,
     restart_during_pull,
     restart_during_push,
@@ -28,7 +29,7 @@ from tests.support.faults import (
 )
 from tests.support.libvirtd import LiveConnection, libvirtd_down
 from tests.support.service import ServiceProcess, service_env
-from tests.support.vms import MiB, TestVM, create_vm, destroy_vm, domain, fill_disk
+from tests.support.vms import TestVM, destroy_vm, domain
 
 pytestmark = [
     pytest.mark.libvirt,
@@ -74,13 +75,8 @@ def patient_service(settings: Settings, tmp_path: Path) -> Iterator[ServiceProce
 
 @pytest.fixture
 def big_vm(libvirt_live: LiveConnection, tmp_path: Path) -> Iterator[TestVM]:
-    """A domain with 256 MiB of data on a 512 MiB disk: a push long enough to hold."""
-    vm = create_vm(
-        libvirt_live.conn, workdir=tmp_path / "vms", disks={"vda": 512 * MiB}, start=False
-    )
+    vm = create_held_push_vm(libvirt_live.conn, tmp_path / "vms")
     try:
-        fill_disk(vm, "vda", 256 * MiB, 0x3E)
-        domain(libvirt_live.conn, vm).create()
         yield vm
     finally:
         destroy_vm(libvirt_live.conn, vm)

@@ -41,6 +41,10 @@ from tests.support.libvirtd import LiveConnection, restart_libvirtd
 from tests.support.service import ServiceProcess
 from tests.support.vms import (
     TestVM,
+    create_vm,
+    destroy_vm,
+    domain,
+    fill_disk,
     nbd_copy,
     pause,
     qemu_img_compare,
@@ -68,6 +72,7 @@ class Tally:
     wrong_status: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     orphaned: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # a trial that could not run at all
 
     def problems(self) -> dict[str, list[str]]:
         found = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "trials"}
@@ -266,7 +271,7 @@ class FaultRun:
             for backup in all_backups(client)
             if backup["mode"] == "push" and backup["status"] == "succeeded"
             for disk in backup["disks"]
-            if disk["target"]
+            if disk["target"] and Path(disk["target"]).is_relative_to(self.settings.backups_dir)
         }
         expected = [
             (self.settings.backups_dir, targets),
@@ -308,6 +313,19 @@ def all_backups(client: httpx.Client) -> list[dict[str, Any]]:
 
 
 # -- the scenarios: one fault each, then what must follow ---------------------
+
+
+def create_held_push_vm(conn: libvirt.virConnect, workdir: Path) -> TestVM:
+    """A running domain with 256 MiB of data on a 512 MiB disk: a push of it
+    lasts long enough to be held running (`hold_backup_job`)."""
+    vm = create_vm(conn, workdir=workdir, disks={"vda": 512 * MiB}, start=False)
+    try:
+        fill_disk(vm, "vda", 256 * MiB, 0x3E)
+        domain(conn, vm).create()
+    except BaseException:
+        destroy_vm(conn, vm)
+        raise
+    return vm
 
 
 def write_and_pause(run: FaultRun, byte: int, offset: int = 0) -> None:
