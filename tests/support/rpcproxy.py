@@ -22,7 +22,9 @@ import threading
 from types import TracebackType
 
 REMOTE_PROGRAM = 0x20008086
-BACKUP_BEGIN = 421  # REMOTE_PROC_DOMAIN_BACKUP_BEGIN in libvirt's remote_protocol.x
+# Procedure numbers of libvirt's remote_protocol.x (part of its stable wire protocol).
+ABORT_JOB = 164
+BACKUP_BEGIN = 421
 CALL, REPLY = 0, 1
 LIBVIRTD_TCP = ("127.0.0.1", 16509)
 
