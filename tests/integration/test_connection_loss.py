@@ -11,18 +11,25 @@ The reply is lost by a proxy in front of libvirtd's loopback TCP listener
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from app.settings import Settings
-from tests.support.faults import LEASE_SECONDS, FaultRun, write_and_pause
+from tests.support.faults import LEASE_SECONDS, FaultRun, short_socket_root, write_and_pause
 from tests.support.libvirtd import LiveConnection
 from tests.support.rpcproxy import ABORT_JOB, BACKUP_BEGIN, LosingProxy
 from tests.support.service import ServiceProcess, service_env
 from tests.support.vms import TestVM
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.timeout(100)]
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Iterator[Settings]:
+    with short_socket_root(settings) as short:
+        yield short
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from app.settings import Settings
-from tests.support.faults import CRASH_STEPS, LEASE_SECONDS, FaultRun
+from tests.support.faults import CRASH_STEPS, LEASE_SECONDS, FaultRun, short_socket_root
 from tests.support.libvirtd import LiveConnection
 from tests.support.service import ServiceProcess, service_env
 from tests.support.vms import TestVM
@@ -28,6 +28,12 @@ CASES = [
     for step in CRASH_STEPS
     if backend == "postgresql" or step in ON_SQLITE_TOO
 ]
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Iterator[Settings]:
+    with short_socket_root(settings) as short:
+        yield short
 
 
 @pytest.fixture

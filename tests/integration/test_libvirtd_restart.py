@@ -25,6 +25,7 @@ from tests.support.faults import (
     next_backup_succeeds,
     restart_during_pull,
     restart_during_push,
+    short_socket_root,
     write_and_pause,
 )
 from tests.support.libvirtd import LiveConnection, libvirtd_down
@@ -51,6 +52,12 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) ->
     while not condition():
         assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
         time.sleep(0.1)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Iterator[Settings]:
+    with short_socket_root(settings) as short:
+        yield short
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import tempfile
 import time
@@ -316,11 +317,11 @@ def all_backups(client: httpx.Client) -> list[dict[str, Any]]:
 
 
 def create_held_push_vm(conn: libvirt.virConnect, workdir: Path) -> TestVM:
-    """A running domain with 256 MiB of data on a 512 MiB disk: a push of it
-    lasts long enough to be held running (`hold_backup_job`)."""
-    vm = create_vm(conn, workdir=workdir, disks={"vda": 512 * MiB}, start=False)
+    """A running domain with 512 MiB of data on a 1 GiB disk: a push of it
+    lasts long enough (a few seconds) to be held running (`hold_backup_job`)."""
+    vm = create_vm(conn, workdir=workdir, disks={"vda": 1024 * MiB}, start=False)
     try:
-        fill_disk(vm, "vda", 256 * MiB, 0x3E)
+        fill_disk(vm, "vda", 512 * MiB, 0x3E)
         domain(conn, vm).create()
     except BaseException:
         destroy_vm(conn, vm)
@@ -503,7 +504,7 @@ def restart_during_push(run: FaultRun, *, ends_during_outage: bool) -> str:
     run.start()
     with run.client() as client:
         backup_id = run.post_backup(client, mode="push")
-        hold_backup_job(run)
+        hold_backup_job(run, client, backup_id)
         run.wait(client, backup_id, {"running"})
         if ends_during_outage:
             with frozen(run.service):
@@ -514,7 +515,7 @@ def restart_during_push(run: FaultRun, *, ends_during_outage: bool) -> str:
                 wait_job_completed(run)
         else:
             restart_libvirtd(down_seconds=1)
-            set_backup_speed(run.conn, run.vm, 0)
+            release_backup_job(run)
         run.expect_push(client, backup_id)
     return backup_id
 
@@ -543,14 +544,44 @@ def wait_job_completed(run: FaultRun, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def hold_backup_job(run: FaultRun, timeout: float = 10.0) -> None:
+def hold_backup_job(
+    run: FaultRun, client: httpx.Client, backup_id: str, timeout: float = 10.0
+) -> None:
     """Slow the domain's backup job to 1 MiB/s as soon as it is in QEMU (its
-    first ~64 MiB are copied at once: QEMU's copy workers are in flight)."""
+    first ~64 MiB are copied at once: QEMU's copy workers are in flight).
+    Raises if the push ended first: then the fault could not be set up (an
+    error of the bench, not of the service)."""
     deadline = time.monotonic() + timeout
     while set_backup_speed(run.conn, run.vm, MiB) == 0:
-        if time.monotonic() > deadline:
-            raise Broken("lost", f"{run.vm.name}: no backup job in QEMU after {timeout} s")
+        status = client.get(f"/v1/backups/{backup_id}").json()["status"]
+        if status in TERMINAL or time.monotonic() > deadline:
+            raise RuntimeError(f"{backup_id}: no running backup job to hold ({status})")
         time.sleep(0.01)
+
+
+def release_backup_job(run: FaultRun, timeout: float = 10.0) -> None:
+    """Lift the speed limit once libvirtd is back (retried: it may still be
+    reconnecting to QEMU). A job that ended meanwhile needs nothing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            set_backup_speed(run.conn, run.vm, 0)
+            return
+        except libvirt.libvirtError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@contextmanager
+def short_socket_root(settings: Settings) -> Iterator[Settings]:
+    """The settings with the NBD sockets in a short /tmp dir: a unix socket's
+    path holds at most 107 bytes, and pytest's tmp paths grow long."""
+    root = Path(tempfile.mkdtemp(prefix="vmbt-run-"))
+    try:
+        yield settings.model_copy(update={"socket_root": root})
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def next_backup_succeeds(run: FaultRun) -> str:

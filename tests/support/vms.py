@@ -223,10 +223,20 @@ def set_backup_speed(conn: libvirt.virConnect, vm: TestVM, bytes_per_second: int
     `block-job-set-speed`, so a test can hold a push running; the number of jobs
     throttled. libvirt has no speed setting for backups (tests only: the monitor)."""
     dom = domain(conn, vm)
-    jobs = [job for job in _qmp(dom, "query-block-jobs") if job["type"] == "backup"]
+    jobs = [
+        job
+        for job in _qmp(dom, "query-block-jobs")
+        if job["type"] == "backup" and job["status"] == "running"
+    ]
+    held = 0
     for job in jobs:
-        _qmp(dom, "block-job-set-speed", device=job["device"], speed=bytes_per_second)
-    return len(jobs)
+        command = {
+            "execute": "block-job-set-speed",
+            "arguments": {"device": job["device"], "speed": bytes_per_second},
+        }
+        reply = json.loads(libvirt_qemu.qemuMonitorCommand(dom, json.dumps(command), 0))
+        held += "return" in reply  # else the job ended in between
+    return held
 
 
 def fill_disk(vm: TestVM, disk: str, length: int, byte: int) -> None:
