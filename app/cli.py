@@ -1,13 +1,19 @@
-"""`vmbackup serve | migrate`."""
+"""`vmbackup serve | migrate | orphans`."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.orphans import Orphan
 
 
 def _settings(**overrides: object) -> Settings:
@@ -53,6 +59,39 @@ def migrate(_args: argparse.Namespace) -> None:
     print(f"vmbackup: database at head ({settings.effective_database_url.split('://')[0]})")
 
 
+async def _find_orphans(settings: Settings) -> list[Orphan]:
+    from app import orphans
+    from app.db.session import Database
+
+    database = Database(settings.effective_database_url)
+    try:
+        async with database.session_scope() as session:
+            owned = await orphans.owned(session, settings)
+    finally:
+        await database.dispose()
+    return list(orphans.find(settings, owned))
+
+
+def list_orphans(args: argparse.Namespace) -> None:
+    """One line per entry no row names: bytes, type, path; with --delete, entries
+    older than --min-age are removed (a younger one may be a file an operator is
+    preparing for a reuse_external backup)."""
+    from app import orphans
+
+    settings = _settings()
+    found = asyncio.run(_find_orphans(settings))
+    cutoff = datetime.now(UTC) - timedelta(seconds=args.min_age)
+    removed = 0
+    for orphan in found:
+        action = ""
+        if args.delete and orphan.modified_at < cutoff:
+            action = "\tremoved" if orphans.remove(orphan, settings) else "\tkept"
+            removed += action == "\tremoved"
+        print(f"{orphan.bytes}\t{orphan.type}\t{orphan.path}{action}")
+    total = sum(o.bytes for o in found)
+    print(f"vmbackup: {len(found)} orphans, {total} bytes, {removed} removed")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="vmbackup", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +103,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     serve_parser.set_defaults(run=serve)
     commands.add_parser("migrate", help="upgrade the database to head").set_defaults(run=migrate)
+    orphans_parser = commands.add_parser(
+        "orphans", help="list files under the roots that no backup or restore names"
+    )
+    orphans_parser.add_argument("--delete", action="store_true", help="remove them")
+    orphans_parser.add_argument(
+        "--min-age",
+        type=float,
+        default=3600,
+        help="with --delete, keep entries modified in the last so many seconds (3600)",
+    )
+    orphans_parser.set_defaults(run=list_orphans)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

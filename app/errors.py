@@ -46,6 +46,11 @@ class RestoreNotFound(NotFound):
     title = "Restore not found"
 
 
+class PolicyNotFound(NotFound):
+    code = "policy-not-found"
+    title = "Policy not found"
+
+
 class CheckpointNotFound(AppError):
     """A named checkpoint that does not exist (404 when addressed, 409 as a base)."""
 
@@ -132,3 +137,38 @@ class HypervisorError(AppError):
     def __init__(self, detail: str, libvirt_code: int | None = None, **extra: Any) -> None:
         super().__init__(detail, libvirt_code=libvirt_code, **extra)
         self.libvirt_code = libvirt_code
+
+
+class RetryLater(AppError):
+    """Refused for now, not for good: answered with `Retry-After` where a useful
+    wait is known."""
+
+    def __init__(self, detail: str, *, retry_after: int | None = None, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after = retry_after
+
+
+class LimitReached(RetryLater):
+    """A configured limit (queued backups, open event streams) is reached: nothing
+    was done; the same request may succeed later."""
+
+    status = 429
+    code = "limit-reached"
+    title = "Limit reached"
+
+
+class InsufficientStorage(AppError):
+    """Free space under a root is below what the work is estimated to write."""
+
+    status = 507
+    code = "insufficient-storage"
+    title = "Insufficient storage"
+
+
+class IdempotencyInProgress(RetryLater):
+    """A request with this `Idempotency-Key` is still being processed, so its
+    answer is not known yet; retrying later replays it."""
+
+    status = 409
+    code = "idempotency-in-progress"
+    title = "Idempotency key in use by a request in progress"

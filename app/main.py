@@ -10,7 +10,18 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from app.api import backups, checkpoints, domains, events, health, hosts, problems, restores
+from app.api import (
+    backups,
+    checkpoints,
+    domains,
+    events,
+    health,
+    hosts,
+    policies,
+    problems,
+    restores,
+)
+from app.api.admin import router as admin_router
 from app.api.state import AppState
 from app.db.session import Database
 from app.hosts.registry import HostRegistry, HypervisorFactory
@@ -92,6 +103,8 @@ def create_app(
     app.include_router(events.router)
     app.include_router(checkpoints.router)
     app.include_router(restores.router)
+    app.include_router(policies.router)
+    app.include_router(admin_router)
     return app
 
 

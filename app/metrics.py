@@ -15,7 +15,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.db.models import Backup, BackupDisk, BackupStatus
+from app.db.models import (
+    VERIFICATION_CORRUPT,
+    Backup,
+    BackupDisk,
+    BackupStatus,
+    Policy,
+    PolicyRun,
+)
 from app.hosts.registry import HostRegistry
 
 
@@ -68,6 +75,8 @@ class Snapshot(Collector):
     last_success: dict[tuple[str, str], float] = field(default_factory=dict)
     last_duration: dict[tuple[str, str], float] = field(default_factory=dict)
     hosts_up: dict[str, bool] = field(default_factory=dict)
+    policies: dict[str, PolicyFigures] = field(default_factory=dict)
+    corrupt: int = 0
 
     def collect(self) -> Iterator[Metric]:
         backups = GaugeMetricFamily("vmbackup_backups", "Backups by status", labels=["status"])
@@ -93,6 +102,40 @@ class Snapshot(Collector):
         for host, connected in sorted(self.hosts_up.items()):
             up.add_metric([host], 1 if connected else 0)
         yield up
+        yield GaugeMetricFamily(
+            "vmbackup_backups_corrupt",
+            "Backups whose verification found their files changed or damaged",
+            value=self.corrupt,
+        )
+        yield from _per_policy(self.policies)
+
+
+@dataclass(frozen=True)
+class PolicyFigures:
+    next_run: float | None
+    last_success: float | None
+    skipped_runs: int
+
+
+def _per_policy(policies: Mapping[str, PolicyFigures]) -> Iterator[Metric]:
+    next_run = GaugeMetricFamily(
+        "vmbackup_policy_next_run_timestamp_seconds", "When a policy runs next", labels=["policy"]
+    )
+    last = GaugeMetricFamily(
+        "vmbackup_policy_last_success_timestamp_seconds",
+        "When the newest succeeded backup a policy made ended",
+        labels=["policy"],
+    )
+    skipped = GaugeMetricFamily(
+        "vmbackup_policy_skipped_runs", "Runs of a policy that made no backup", labels=["policy"]
+    )
+    for name, figures in sorted(policies.items()):
+        if figures.next_run is not None:
+            next_run.add_metric([name], figures.next_run)
+        if figures.last_success is not None:
+            last.add_metric([name], figures.last_success)
+        skipped.add_metric([name], figures.skipped_runs)
+    yield from (next_run, last, skipped)
 
 
 def _per_domain(name: str, doc: str, values: Mapping[tuple[str, str], float]) -> GaugeMetricFamily:
@@ -130,6 +173,9 @@ async def snapshot(session: AsyncSession, hosts: HostRegistry) -> Snapshot:
         bytes_by_domain={(h, d): int(total or 0) for h, d, total in stored},
         hosts_up={host.name: host.status.connected for host in hosts},
     )
+    result.policies = await _policy_figures(session)
+    corrupt = Backup.verification_status == VERIFICATION_CORRUPT
+    result.corrupt = int(await session.scalar(select(func.count()).where(corrupt)) or 0)
     for host, domain, started_at, finished_at in last:
         if finished_at is None:  # excluded by the join; the type does not know
             continue
@@ -137,6 +183,38 @@ async def snapshot(session: AsyncSession, hosts: HostRegistry) -> Snapshot:
         if started_at is not None:
             result.last_duration[(host, domain)] = (finished_at - started_at).total_seconds()
     return result
+
+
+async def _policy_figures(session: AsyncSession) -> dict[str, PolicyFigures]:
+    last_success = dict(
+        (
+            await session.execute(
+                select(Backup.policy_id, func.max(Backup.finished_at))
+                .where(Backup.status == BackupStatus.SUCCEEDED, Backup.policy_id.is_not(None))
+                .group_by(Backup.policy_id)
+            )
+        ).all()
+    )
+    skipped = dict(
+        (
+            await session.execute(
+                select(PolicyRun.policy_id, func.count())
+                .where(PolicyRun.skipped.is_not(None))
+                .group_by(PolicyRun.policy_id)
+            )
+        ).all()
+    )
+    figures = {}
+    for policy_id, name, next_run_at in await session.execute(
+        select(Policy.id, Policy.name, Policy.next_run_at)
+    ):
+        success = last_success.get(policy_id)
+        figures[name] = PolicyFigures(
+            next_run=next_run_at.timestamp() if next_run_at else None,
+            last_success=success.timestamp() if success else None,
+            skipped_runs=skipped.get(policy_id, 0),
+        )
+    return figures
 
 
 def render(request_registry: CollectorRegistry, figures: Snapshot) -> bytes:

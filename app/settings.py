@@ -52,6 +52,21 @@ class Settings(BaseSettings):
     default_pull_ttl_seconds: int = Field(default=7200, ge=1)
     # A host outage fails its backups only past this; their jobs go on meanwhile.
     host_outage_limit_seconds: float = Field(default=900.0, gt=0)
+    # Checkpoints kept per domain (the newest ones can still be a base).
+    checkpoints_per_domain: int = Field(default=4, ge=1, le=1000)
+    # Restores and storage
+    max_active_restores: int = Field(default=4, ge=1)
+    free_space_reserve_bytes: int = Field(default=1024**3, ge=0)
+    restore_timeout_seconds: float = Field(default=6 * 3600, gt=0)
+    # Limits: each one refuses new work (429, or 422 for a ttl) rather than letting a
+    # client queue, hold or export without bound.
+    max_pull_ttl_seconds: int = Field(default=86400, ge=1, le=7 * 24 * 3600)
+    max_queued_backups_per_domain: int = Field(default=8, ge=1)
+    max_queued_backups_per_host: int = Field(default=64, ge=1)
+    max_streams_per_token: int = Field(default=8, ge=1)
+    # A pull export over plain TCP on a non-loopback address lets anyone on that
+    # network read the disk: refused unless the operator says the network is trusted.
+    allow_plain_tcp_exports: bool = False
 
     @field_validator("tokens", mode="before")
     @classmethod
@@ -66,6 +81,15 @@ class Settings(BaseSettings):
         if value is not None and not value.is_absolute():
             raise ValueError("must be an absolute path")
         return value
+
+    @model_validator(mode="after")
+    def _default_ttl_within_bound(self) -> Settings:
+        if self.default_pull_ttl_seconds > self.max_pull_ttl_seconds:
+            raise ValueError(
+                f"DEFAULT_PULL_TTL_SECONDS ({self.default_pull_ttl_seconds}) exceeds "
+                f"MAX_PULL_TTL_SECONDS ({self.max_pull_ttl_seconds})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tokens_off_loopback(self) -> Settings:

@@ -20,6 +20,13 @@ _RANK: dict[Scope, int] = {"read": 0, "operate": 1, "admin": 2}
 class Principal:
     name: str
     scopes: frozenset[Scope]
+    digest: str | None = None  # the token's SHA-256; None when no tokens are configured
+
+    @property
+    def key(self) -> str:
+        """What is counted and namespaced per token (idempotency keys, open streams):
+        the digest, since names need not be unique."""
+        return self.digest or self.name
 
     def allows(self, scope: Scope) -> bool:
         return any(_RANK[held] >= _RANK[scope] for held in self.scopes)
@@ -37,7 +44,7 @@ def authenticate(request: Request, settings: Settings) -> Principal:
     digest = hashlib.sha256(token.strip().encode()).hexdigest()
     for configured in settings.tokens:
         if hmac.compare_digest(digest, configured.sha256):
-            return Principal(configured.name, frozenset(configured.scopes))
+            return Principal(configured.name, frozenset(configured.scopes), configured.sha256)
     raise Unauthorized("the bearer token is not valid")
 
 

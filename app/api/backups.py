@@ -38,10 +38,13 @@ def _accepted(state: AppState, session: AsyncSession, backup: BackupOut) -> JSON
     "/v1/hosts/{host}/domains/{domain}/backups",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BackupOut,
-    responses=problem_responses(401, 403, 404, 409, 422, 503),
+    responses=problem_responses(401, 403, 404, 409, 422, 429, 503, 507),
     description="Starts a backup: validated against live libvirt, planned, and queued; a "
     "worker runs it. A second backup of a domain waits as `queued` until the first ends. "
-    "The same `Idempotency-Key` and body within 24 h returns the first response again.",
+    "The same `Idempotency-Key` and body within 24 h returns the first response again. "
+    "Limits (settings): a domain or a host with its most `queued` backups is 429 "
+    "`limit-reached` with `Retry-After`; `ttl_seconds` above `MAX_PULL_TTL_SECONDS` is 422; "
+    "a `tcp` export off loopback needs `tls` unless `ALLOW_PLAIN_TCP_EXPORTS` (else 422).",
 )
 async def start_backup(
     host: str,
@@ -63,7 +66,7 @@ async def start_backup(
 
     return await idempotency.respond_once(
         session,
-        principal=principal.name,
+        principal=principal,
         key=idempotency_key,
         request_hash=idempotency.fingerprint("POST", request.url.path, body),
         make=start,
@@ -83,7 +86,7 @@ async def list_backups(
     domain: Annotated[str | None, Query(description="domain name or UUID")] = None,
     status_filter: Annotated[StatusFilter | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Annotated[str | None, Query(max_length=512, pattern=r"^[A-Za-z0-9_-]+$")] = None,
 ) -> BackupList:
     filters = service.BackupFilters(host=host, domain=domain, status=status_filter)
     return await service.list_backups(session, filters=filters, limit=limit, cursor=cursor)
@@ -106,6 +109,24 @@ async def finish_backup(
     backup_id: uuid.UUID, _: OperateDep, session: SessionDep, state: StateDep
 ) -> JSONResponse:
     backup = await service.request_finish(session, backup_id)
+    return _accepted(state, session, service.backup_out(backup))
+
+
+@router.post(
+    "/v1/backups/{backup_id}/verify",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=BackupOut,
+    responses=problem_responses(401, 403, 404, 409),
+    description="Succeeded push backups only (else 409 `invalid-state`): a worker re-reads "
+    "the backup's chain, `qemu-img check` of each file and then the content digest against "
+    "the one recorded when it completed (`verify: true`; without one, the digest is recorded "
+    "now). `verification.status` goes `running`, then `ok` or `corrupt`; a corrupt backup "
+    "is never a base, and the chains through it answer 409 `chain-broken`.",
+)
+async def verify_backup(
+    backup_id: uuid.UUID, _: OperateDep, session: SessionDep, state: StateDep
+) -> JSONResponse:
+    backup = await service.request_verification(session, backup_id)
     return _accepted(state, session, service.backup_out(backup))
 
 
@@ -140,11 +161,16 @@ async def get_chain(backup_id: uuid.UUID, _: ReadDep, session: SessionDep) -> Ch
     "/v1/backups/{backup_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(401, 403, 404, 409),
-    description="Deletes a terminal backup and the files it wrote. 409 `invalid-state` while "
-    "it is active, or while a later backup's chain needs it, unless `cascade=true`, which "
-    "deletes those later backups too.",
+    description="Deletes a terminal backup, the files it made (never a `reuse_external` file "
+    "nor another backup's) and its restores with their files. 409 `invalid-state` while it "
+    "is active, while one of its restores runs, or while a later backup's chain needs it, "
+    "unless `cascade=true`, which deletes those later backups too.",
 )
 async def delete_backup(
-    backup_id: uuid.UUID, _: AdminDep, session: SessionDep, cascade: bool = False
+    backup_id: uuid.UUID,
+    _: AdminDep,
+    settings: SettingsDep,
+    session: SessionDep,
+    cascade: bool = False,
 ) -> None:
-    await service.delete_backup(session, backup_id, cascade=cascade)
+    await service.delete_backup(session, backup_id, cascade=cascade, settings=settings)

@@ -64,7 +64,7 @@ async def create_checkpoint(
 
     return await idempotency.respond_once(
         session,
-        principal=principal.name,
+        principal=principal,
         key=idempotency_key,
         request_hash=idempotency.fingerprint("POST", request.url.path, body),
         make=create,

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.db.session import DATABASE_UNAVAILABLE
-from app.errors import AppError, Unauthorized
+from app.errors import AppError, RetryLater, Unauthorized
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -52,6 +52,8 @@ def _field_path(location: tuple[Any, ...]) -> str:
 async def _app_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, AppError)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else None
+    if isinstance(error, RetryLater) and error.retry_after is not None:
+        headers = {"Retry-After": str(error.retry_after)}
     if error.status >= 500:
         log.warning("%s: %s", error.code, error.detail)
     return problem(error.status, error.code, error.title, error.detail, headers, **error.extra)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, status
 from fastapi.responses import JSONResponse
 
 from app.api import idempotency
-from app.api.deps import OperateDep, ReadDep, SessionDep, SettingsDep, StateDep
+from app.api.deps import AdminDep, OperateDep, ReadDep, SessionDep, SettingsDep, StateDep
 from app.api.idempotency import IdempotencyKeyHeader
 from app.api.problems import problem_responses
 from app.api.responses import accepted
@@ -22,11 +22,13 @@ router = APIRouter(tags=["restores"])
     "/v1/backups/{backup_id}/restores",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=RestoreOut,
-    responses=problem_responses(401, 403, 404, 409, 422),
+    responses=problem_responses(401, 403, 404, 409, 422, 429, 507),
     description="Writes one standalone image per disk (default: every disk the backup holds), "
     "the disk as it was at this backup, under the restore root; run by the worker pool. "
     "Succeeded push backups only (409 `invalid-state`); 409 `chain-broken` when a file of the "
-    "chain is gone.",
+    "chain is gone or does not open as recorded. 429 `limit-reached` while "
+    "`VMBACKUP_MAX_ACTIVE_RESTORES` restores are queued or running; 507 `insufficient-storage` "
+    "when the restore root has less room than the disks' capacity (plus the reserve).",
 )
 async def create_restore(
     backup_id: uuid.UUID,
@@ -44,7 +46,7 @@ async def create_restore(
 
     return await idempotency.respond_once(
         session,
-        principal=principal.name,
+        principal=principal,
         key=idempotency_key,
         request_hash=idempotency.fingerprint("POST", request.url.path, body),
         make=start,
@@ -54,3 +56,16 @@ async def create_restore(
 @router.get("/v1/restores/{restore_id}", responses=problem_responses(401, 403, 404, 422))
 async def get_restore(restore_id: uuid.UUID, _: ReadDep, session: SessionDep) -> RestoreOut:
     return service.restore_out(await service.get_restore(session, restore_id))
+
+
+@router.delete(
+    "/v1/restores/{restore_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(401, 403, 404, 409, 422),
+    description="Deletes a terminal (succeeded or failed) restore and the image files it "
+    "wrote. 409 `invalid-state` while it is queued or running.",
+)
+async def delete_restore(
+    restore_id: uuid.UUID, _: AdminDep, settings: SettingsDep, session: SessionDep
+) -> None:
+    await service.delete_restore(session, settings, restore_id)

@@ -3,11 +3,12 @@ dependencies (never module globals)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
+from app.backups.events import StreamSlots
 from app.db.session import Database
 from app.hosts.registry import HostRegistry
 from app.settings import Settings
@@ -23,3 +24,4 @@ class AppState:
     hosts: HostRegistry
     request_metrics: CollectorRegistry
     pool: WorkerPool | None = None
+    streams: StreamSlots = field(default_factory=StreamSlots)

@@ -11,7 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from app.db.models import Backup, BackupDisk, BackupStatus
+from app import images
+from app.backups.paths import confine
+from app.db.models import VERIFICATION_CORRUPT, Backup, BackupDisk, BackupStatus
 from app.errors import ChainBroken
 
 
@@ -49,6 +51,11 @@ async def disk_chain(session: AsyncSession, backup: Backup, disk_name: str) -> l
             raise _broken(disk_name, current, "did not back this disk up")
         if current.status != BackupStatus.SUCCEEDED:
             raise ChainBroken(f"disk {disk_name}: backup {current.id} is {current.status.value}")
+        if current.verification_status == VERIFICATION_CORRUPT:
+            raise ChainBroken(
+                f"disk {disk_name}: backup {current.id} is corrupt: {current.verification_detail}",
+                disk=disk_name,
+            )
         if backup.mode == "push" and current.mode != "push":
             raise _broken(disk_name, current, "is a pull backup: its data is with its client")
         if current.mode == "push" and not (disk.target and Path(disk.target).is_file()):
@@ -83,3 +90,14 @@ async def dependents(session: AsyncSession, backup_id: uuid.UUID) -> list[uuid.U
         found.extend(children)
         frontier = children
     return found
+
+
+async def recorded_images(
+    session: AsyncSession, backup: Backup, disk_name: str, root: Path
+) -> list[images.Image]:
+    """The disk's chain (oldest first) as the service recorded it, each file
+    confined to the backup root now, at the moment of use, with its format."""
+    links = await disk_chain(session, backup, disk_name)
+    for link in links:
+        confine(link.file or "", root, what=f"disk {disk_name}: backup file")
+    return [images.Image(link.file or "", link.format or "") for link in links]

@@ -68,12 +68,15 @@ async def choose_base(
     kind: str,
     named: str | None,
     mode: str,
+    provisional: bool = False,
 ) -> Base:
+    """`provisional`: the choice is made again when the backup starts (`auto`), so
+    look without repairing anything now (nothing written, nothing to race)."""
     if kind == "full":
         return Base(None)
     # Repair what can be repaired first (lost metadata, outside checkpoints, broken
     # bitmaps), so the choice below sees the lineage as it really is.
-    await reconcile(session, hypervisor, domain)
+    await reconcile(session, hypervisor, domain, dry_run=provisional)
     in_libvirt = {cp.name for cp in await hypervisor.list_checkpoints(domain.uuid)}
     if named is not None:
         if named not in in_libvirt:

@@ -83,6 +83,11 @@ class BackupCreate(StrictModel):
     reuse_external: bool = False
     ttl_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
     description: str | None = Field(default=None, max_length=1024)
+    verify: bool = Field(
+        default=False,
+        description="push only: record each disk's content digest as the backup completes, "
+        "so `POST /v1/backups/{id}/verify` can later prove the files unchanged",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -90,6 +95,8 @@ class BackupCreate(StrictModel):
             raise ValueError("'incremental' names a base: it cannot go with kind 'full'")
         if self.mode == "push" and (self.server is not None or self.ttl_seconds is not None):
             raise ValueError("'server' and 'ttl_seconds' are for mode 'pull'")
+        if self.mode == "pull" and self.verify:
+            raise ValueError("'verify' is for mode 'push': a pull backup's data is with its client")
         for disk in self.disks or []:
             if self.mode == "push" and disk.scratch is not None:
                 raise ValueError(f"disk {disk.name}: 'scratch' is for mode 'pull'")
@@ -141,6 +148,12 @@ class ErrorOut(BaseModel):
         return None if code is None else cls(code=code, message=message or "")
 
 
+class VerificationOut(BaseModel):
+    status: Literal["unverified", "running", "ok", "corrupt"]
+    checked_at: datetime | None
+    detail: str | None
+
+
 class BackupOut(BaseModel):
     id: uuid.UUID
     host: str
@@ -161,6 +174,8 @@ class BackupOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     expires_at: datetime | None
+    policy_id: uuid.UUID | None = None  # the policy whose run made it
+    verification: VerificationOut | None = None
 
 
 class BackupList(BaseModel):

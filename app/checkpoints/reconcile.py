@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
 
 from app.checkpoints import repository
 from app.checkpoints.schemas import BrokenCheckpoint, ReconcileResult
@@ -96,8 +97,9 @@ async def _lost_bitmaps(
 async def _flush(session: AsyncSession, domain: DomainInfo) -> None:
     try:
         await session.flush()
-    except IntegrityError as error:
-        # Another reconcile (or a backup's runner) recorded one of them first.
+    except (IntegrityError, StaleDataError) as error:
+        # Another reconcile (or a backup's runner) recorded one of them first, or
+        # a deletion (an operator's, or the bound on checkpoints) removed one.
         raise InvalidState(
             f"the checkpoints of {domain.name} changed while being reconciled: retry"
         ) from error

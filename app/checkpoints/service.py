@@ -263,3 +263,23 @@ async def _made_by_unfinished_backups(
 ) -> dict[str, uuid.UUID]:
     backups = await repository.unfinished_backups(session, host, domain_uuid)
     return {b.checkpoint: b.id for b in backups if b.checkpoint is not None}
+
+
+async def prunable(session: AsyncSession, host: str, domain_uuid: str, keep: int) -> list[str]:
+    """The checkpoints to delete, oldest first, so that the newest `keep` made by
+    the service's backups remain: each dirty bitmap costs QEMU on every guest
+    write and each checkpoint costs every backup start. libvirt merges a deleted
+    checkpoint's bitmap into its parent's, so the ones kept stay exact. One made
+    outside the service is the user's and stays, as does one an unfinished
+    backup uses."""
+    rows = await repository.checkpoints(session, host, domain_uuid)
+    ours = sorted(
+        (r for r in rows if r.backup_id is not None and r.in_libvirt),
+        key=lambda r: (r.created_at, r.id),
+    )
+    busy = {
+        name
+        for b in await repository.unfinished_backups(session, host, domain_uuid)
+        for name in (b.incremental, b.checkpoint)
+    }
+    return [r.name for r in ours[: max(0, len(ours) - keep)] if r.name not in busy]

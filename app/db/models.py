@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    false,
     or_,
     text,
 )
@@ -59,6 +60,10 @@ ACTIVE_STATUSES = (
 # to ABORTED_LATE. Until then no other backup of the domain starts.
 ABORT_LATER = "abort-later"
 ABORTED_LATE = "aborted-late"
+VERIFICATION_UNVERIFIED = "unverified"
+VERIFICATION_RUNNING = "running"
+VERIFICATION_OK = "ok"
+VERIFICATION_CORRUPT = "corrupt"
 _ACTIVE_SQL = text("status IN ('starting', 'running', 'ready', 'finishing')")
 
 
@@ -115,6 +120,11 @@ class Backup(Base):
     # What the request asked for: "auto" when the base is chosen as the backup
     # starts (so a backup queued behind another builds on it), else the kind.
     requested_kind: Mapped[str | None] = mapped_column(String(16))
+    # The policy whose scheduled (or run-now) run made this backup; retention of
+    # that policy may prune it, nothing else's does.
+    policy_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("policies.id", ondelete="SET NULL"), index=True
+    )
     # The backup whose checkpoint `incremental` names: the previous link of this
     # backup's chains (checkpoints can be deleted and re-parented; backups cannot).
     parent_backup_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("backups.id"))
@@ -147,6 +157,19 @@ class Backup(Base):
     lease_holder: Mapped[str | None] = mapped_column(String(128))
     lease_epoch: Mapped[int] = mapped_column(Integer, default=0)
     lease_expires_at: Mapped[datetime | None]
+    # Verification: `verify` asks for each disk's content digest (SHA-256 of the
+    # disk as its chain reads it) to be recorded when the push completes; a later
+    # verification re-reads the chain against it. A corrupt backup is never a base.
+    verify: Mapped[bool] = mapped_column(Boolean, default=False)
+    digests: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    verification_status: Mapped[str] = mapped_column(
+        String(16), default=VERIFICATION_UNVERIFIED, index=True
+    )
+    verification_checked_at: Mapped[datetime | None]
+    verification_detail: Mapped[str | None] = mapped_column(Text)
+    # The worker running a requested verification, until when (it is rerunnable).
+    verification_holder: Mapped[str | None] = mapped_column(String(128))
+    verification_expires_at: Mapped[datetime | None]
 
     @classmethod
     def domain_is(cls, ref: str) -> ColumnElement[bool]:
@@ -183,6 +206,12 @@ class BackupDisk(Base):
     bytes: Mapped[int | None] = mapped_column(BigInteger)
     # Push incrementals: the previous backup's file this one's qcow2 is re-pointed at.
     backing_file: Mapped[str | None] = mapped_column(Text)
+    # The service had libvirt make `target` (checked absent just before): only
+    # then is the file this backup's to delete. A reuse_external file is its maker's.
+    owns_target: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # What the backup is expected to write for this disk (capacity, or the
+    # base checkpoint's size), checked against free space before it starts.
+    estimated_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
     backup_row: Mapped[Backup] = relationship(back_populates="disks", lazy="raise")
 
@@ -191,7 +220,11 @@ class BackupEvent(Base):
     """Every status change and progress step: the audit trail and the SSE feed."""
 
     __tablename__ = "backup_events"
-    __table_args__ = (Index("ix_backup_events_backup_id_id", "backup_id", "id"),)
+    # Ids are SSE ids, so never reused: SQLite reuses deleted rowids without AUTOINCREMENT.
+    __table_args__ = (
+        Index("ix_backup_events_backup_id_id", "backup_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     backup_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("backups.id", ondelete="CASCADE"))
@@ -246,14 +279,18 @@ class Restore(Base):
 
 
 class IdempotencyKey(Base):
+    """A key reserved by a request (the token's digest and the client's key), then
+    its answer."""
+
     __tablename__ = "idempotency_keys"
     __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
 
     principal: Mapped[str] = mapped_column(String(64), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
-    status_code: Mapped[int] = mapped_column(Integer)
-    response_body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Null while the request that reserved the key is in progress.
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     location: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -267,3 +304,50 @@ class Worker(Base):
     holder: Mapped[str] = mapped_column(String(128), primary_key=True)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Policy(Base):
+    """A schedule of backups for a selection of domains (API.md, Policies). The
+    scheduler creates each due run once: the replica whose guarded UPDATE moves
+    `next_run_at` on owns that slot."""
+
+    __tablename__ = "policies"
+    __table_args__ = (Index("ix_policies_enabled_next_run_at", "enabled", "next_run_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    host: Mapped[str] = mapped_column(String(64))
+    domains: Mapped[list[str] | None] = mapped_column(JSON)  # None: every domain of the host
+    exclude: Mapped[list[str]] = mapped_column(JSON, default=list)
+    cron: Mapped[str] = mapped_column(String(128))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    backup: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # a BackupCreate body
+    full_every: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    retention: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    verify: Mapped[bool] = mapped_column(Boolean, default=False)
+    next_run_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PolicyRun(Base):
+    """One run of a policy for one domain: the backup it made, or why it made none.
+    Unique per (policy, domain, scheduled time): a slot runs once, whichever
+    replica sees it due first."""
+
+    __tablename__ = "policy_runs"
+    __table_args__ = (
+        UniqueConstraint("policy_id", "domain_uuid", "scheduled_for"),
+        Index("ix_policy_runs_policy_id_created_at", "policy_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    policy_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("policies.id", ondelete="CASCADE"))
+    domain_uuid: Mapped[str] = mapped_column(String(64))
+    domain_name: Mapped[str] = mapped_column(String(255))
+    scheduled_for: Mapped[datetime]
+    backup_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("backups.id", ondelete="SET NULL")
+    )
+    skipped: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from app import transitions
+from app.backups import verification
 from app.crashpoints import crash_point
 from app.db.models import (
     ABORT_LATER,
@@ -36,12 +37,14 @@ from app.db.session import DATABASE_UNAVAILABLE, Database
 from app.errors import AppError, CheckpointNotFound, DomainNotFound
 from app.hosts.registry import HostRegistry
 from app.hypervisor import DomainStopped, HostReconnected, HypervisorEvent, JobCompleted
+from app.policies import scheduler
 from app.restores.runner import run_restore
 from app.settings import Settings
 from app.worker.runner import BackupRunner, JobSignal
 
 log = logging.getLogger(__name__)
 MAX_RESTORES = 2  # per process: each is a full read and write of its disks
+MAX_VERIFICATIONS = 1  # per process: each is a full read of its chains
 
 
 class WorkerPool:
@@ -53,8 +56,12 @@ class WorkerPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._runs: dict[uuid.UUID, tuple[str, asyncio.Task[None]]] = {}
         self._restores: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._verifications: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._signals: dict[tuple[str, str], JobSignal] = {}
         self._wake = asyncio.Event()
+        # Jobs left by backups failed in a host outage are looked for at start and
+        # when a host comes back, not on every tick.
+        self._abandoned_due = True
         self._last_heartbeat: datetime | None = None
 
     @property
@@ -89,13 +96,14 @@ class WorkerPool:
             *self._tasks,
             *(task for _host, task in self._runs.values()),
             *self._restores.values(),
+            *self._verifications.values(),
         ]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks, self._runs, self._restores = [], {}, {}
+        self._tasks, self._runs, self._restores, self._verifications = [], {}, {}, {}
         with contextlib.suppress(Exception):
             async with self.database.session_scope() as session:
                 await session.execute(delete(Worker).where(Worker.holder == self.holder))
@@ -119,6 +127,7 @@ class WorkerPool:
             for (host, _domain), waiting in self._signals.items():
                 if host == happened.host:
                     waiting.wake.set()
+            self._abandoned_due = True
             self._wake.set()
             return
         signal = self._signals.get((happened.host, happened.domain_uuid))
@@ -159,6 +168,14 @@ class WorkerPool:
                 .where(Restore.lease_holder == self.holder, Restore.id.in_(list(self._restores)))
                 .values(lease_expires_at=now + self.lease)
             )
+            await session.execute(
+                update(Backup)
+                .where(
+                    Backup.verification_holder == self.holder,
+                    Backup.id.in_(list(self._verifications)),
+                )
+                .values(verification_expires_at=now + self.lease)
+            )
             await session.execute(delete(Worker).where(Worker.heartbeat_at < now - 10 * self.lease))
         self._last_heartbeat = now
 
@@ -177,11 +194,15 @@ class WorkerPool:
     async def _dispatch_loop(self) -> None:
         while True:
             try:
-                await self._abort_abandoned()
+                if self._abandoned_due:
+                    self._abandoned_due = not await self._abort_abandoned()
                 await self._take_over_stalled()
+                await scheduler.run_due(self.database, self.hosts, self.settings)
                 while await self._claim_next():
                     pass
                 while await self._claim_restore():
+                    pass
+                while await self._claim_verification():
                     pass
             except DATABASE_UNAVAILABLE as error:
                 log.warning("worker dispatch: database unavailable: %s", error)
@@ -275,7 +296,7 @@ class WorkerPool:
     def _start_restore(self, restore_id: uuid.UUID, epoch: int) -> None:
         async def run() -> None:
             try:
-                await run_restore(self.database, restore_id, epoch)
+                await run_restore(self.database, restore_id, epoch, self.settings)
             except transitions.LeaseLost as lost:
                 log.info("%s", lost)
             except Exception:
@@ -286,11 +307,31 @@ class WorkerPool:
 
         self._restores[restore_id] = asyncio.create_task(run(), name=f"restore-{restore_id}")
 
-    async def _abort_abandoned(self) -> None:
+    async def _claim_verification(self) -> bool:
+        if len(self._verifications) >= MAX_VERIFICATIONS:
+            return False
+        backup_id = await verification.claim(self.database, self.holder, self._lease_end())
+        if backup_id is None:
+            return False
+
+        async def run() -> None:
+            try:
+                await verification.run(self.database, backup_id, self.holder, self.settings)
+            except Exception:
+                log.exception("backup %s: verification failed to run", backup_id)
+            finally:
+                self._verifications.pop(backup_id, None)
+
+        self._verifications[backup_id] = asyncio.create_task(run(), name=f"verify-{backup_id}")
+        return True
+
+    async def _abort_abandoned(self) -> bool:
         """Backups failed by a host outage past the limit: once their host is back,
         abort the job they left and drop their checkpoint, so nothing is orphaned.
-        Until then no other backup of the domain is claimed."""
+        Until then no other backup of the domain is claimed. True when none is left
+        on a connected host."""
         connected = [host.name for host in self.hosts if host.status.connected]
+        done = True
         async with self.database.session_scope() as session:
             abandoned = (
                 await session.execute(
@@ -311,6 +352,7 @@ class WorkerPool:
                 pass  # the job and its checkpoint went with the domain
             except AppError as error:
                 log.warning("backup %s: cannot abort its job yet: %s", row.id, error.detail)
+                done = False
                 continue
             log.info("backup %s: aborted the job it left during the outage", row.id)
             async with self.database.session_scope() as session:
@@ -319,6 +361,7 @@ class WorkerPool:
                     .where(Backup.id == row.id, Backup.end_action == ABORT_LATER)
                     .values(end_action=ABORTED_LATE)
                 )
+        return done
 
     async def _take_over_stalled(self) -> None:
         now = datetime.now(UTC)
@@ -361,8 +404,7 @@ class WorkerPool:
             backup_id,
             epoch,
             signal,
-            poll_seconds=self.settings.poll_seconds,
-            outage_limit_seconds=self.settings.host_outage_limit_seconds,
+            self.settings,
             resumed=resumed,
         )
 
@@ -375,6 +417,7 @@ class WorkerPool:
                 self._runs.pop(backup_id, None)
                 if self._signals.get((host, domain_uuid)) is signal:
                     del self._signals[(host, domain_uuid)]
+                self._abandoned_due = True  # it may have given up on its host
                 self._wake.set()  # a queued backup of this domain may start now
 
         self._runs[backup_id] = (host, asyncio.create_task(run(), name=f"backup-{backup_id}"))

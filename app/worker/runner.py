@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import subprocess
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -18,15 +17,20 @@ from typing import Any
 from sqlalchemy import Update, select, update
 from sqlalchemy.orm import selectinload
 
+from app import images
+from app.backups import chain, storage
 from app.backups.lineage import choose_base
+from app.backups.paths import confine
 from app.backups.planner import nbd_uri
 from app.checkpoints import repository
+from app.checkpoints import service as checkpoints
 from app.crashpoints import crash_point
 from app.db.base import utcnow
-from app.db.models import ABORT_LATER, Backup, BackupDisk, BackupStatus
+from app.db.models import ABORT_LATER, VERIFICATION_OK, Backup, BackupDisk, BackupStatus
 from app.db.session import DATABASE_UNAVAILABLE, Database
 from app.errors import (
     AppError,
+    ChainBroken,
     CheckpointNotFound,
     DomainNotFound,
     HostUnreachable,
@@ -45,6 +49,7 @@ from app.hypervisor import (
     JobStats,
     NbdServerSpec,
 )
+from app.settings import Settings
 from app.transitions import LeaseLost, fenced, move_backup, record_progress
 
 log = logging.getLogger(__name__)
@@ -103,15 +108,17 @@ def checkpoint_spec(backup: Backup) -> CheckpointSpec | None:
 
 
 def _actual_values(backup: Backup, disk: BackupDiskState) -> dict[str, object]:
-    """What libvirt chose for a disk; planned paths stand where it says nothing."""
+    """What libvirt chose for a disk. Its paths are not taken: the planned ones,
+    confined when planned, stand; one that differs is logged, never stored
+    (it would later be opened, rebased and deleted)."""
     values: dict[str, object] = {
         "export_name": disk.export_name,
         "export_bitmap": disk.export_bitmap,
     }
-    if disk.target:
-        values["target"] = disk.target
-    if disk.scratch:
-        values["scratch"] = disk.scratch
+    planned = next((d for d in backup.disks if d.name == disk.name), None)
+    for column, reported in (("target", disk.target), ("scratch", disk.scratch)):
+        if reported and (planned is None or reported != getattr(planned, column)):
+            log.warning("backup %s: libvirt reports %s %s, not ours", backup.id, column, reported)
     if disk.export_name and backup.server is not None:
         values["nbd_uri"] = nbd_uri(backup.server, disk.export_name)
     return values
@@ -133,24 +140,6 @@ def _allocated_bytes(path: str | None) -> int | None:
         return None  # not visible from here (a remote host's file)
 
 
-async def _wait_released(image: str, timeout: float = 30.0) -> None:
-    """libvirt reports a push complete 10-20 ms before QEMU closes the target:
-    wait until its image lock is released (`qemu-img info` without -U opens)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        probe = await asyncio.create_subprocess_exec(
-            "qemu-img",
-            "info",
-            image,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        if await probe.wait() == 0 or loop.time() > deadline:
-            return
-        await asyncio.sleep(0.02)
-
-
 class BackupRunner:
     def __init__(
         self,
@@ -159,18 +148,18 @@ class BackupRunner:
         backup_id: uuid.UUID,
         epoch: int,
         signal: JobSignal,
+        settings: Settings,
         *,
-        poll_seconds: float,
-        outage_limit_seconds: float,
         resumed: bool = False,
     ) -> None:
         self.database = database
+        self.settings = settings  # the roots, checked again at the moment of use
         self.hypervisor = hypervisor
         self.backup_id = backup_id
         self.epoch = epoch
         self.signal = signal
-        self.poll_seconds = poll_seconds
-        self.outage_limit_seconds = outage_limit_seconds
+        self.poll_seconds = settings.poll_seconds
+        self.outage_limit_seconds = settings.host_outage_limit_seconds
         # Taken over, or resumed after an outage: libvirt may already run its job.
         self.resumed = resumed
         self._aborted = False
@@ -260,7 +249,7 @@ class BackupRunner:
                 return False
             self.signal.wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.signal.wake.wait(), min(remaining, 5.0))
+                await asyncio.wait_for(self.signal.wake.wait(), min(remaining, self.poll_seconds))
         return loop.time() < deadline
 
     async def _give_up_on_host(self) -> None:
@@ -296,7 +285,7 @@ class BackupRunner:
         else:
             if backup.requested_kind == "auto":
                 backup = await self._choose_base_now(backup)
-            self._prepare_directories(backup)
+            await self._prepare_directories(backup)  # fenced: a stale holder stops here
             crash_point("before-begin")
             await self.hypervisor.backup_begin(
                 backup.domain_uuid,
@@ -353,13 +342,14 @@ class BackupRunner:
             d.target and Path(d.target).exists() for d in backup.disks if d.backup
         )
 
-    def _prepare_directories(self, backup: Backup) -> None:
-        for disk in backup.disks:
-            for path in (disk.target, disk.scratch):
-                if disk.backup and path and disk.type == "file":
-                    Path(path).parent.mkdir(parents=True, exist_ok=True)
-        if backup.server and backup.server.get("socket"):
-            Path(backup.server["socket"]).parent.mkdir(parents=True, exist_ok=True)
+    async def _prepare_directories(self, backup: Backup) -> None:
+        """Room, directories and files checked again now, without following links
+        (a link or a file may have appeared since the request); the targets the
+        service is about to make are recorded first, as only those it may delete."""
+        made = await asyncio.to_thread(storage.prepare, backup, self.settings)
+        async with fenced(self.database, backup.id, self.epoch) as session:
+            for name in made:
+                await session.execute(self._disk_update(name, owns_target=True))
 
     async def _record_actual_values(self, backup: Backup) -> None:
         found = await self.hypervisor.backup_state(backup.domain_uuid)
@@ -457,6 +447,8 @@ class BackupRunner:
         crash_point("completing")
         if outcome == S.SUCCEEDED:
             await self._keep_results(backup)
+            # While this backup still holds the domain: no other starts meanwhile.
+            await self._prune_checkpoints(backup)
         else:
             await self._discard_checkpoint(backup)
         await asyncio.shield(
@@ -507,8 +499,8 @@ class BackupRunner:
     async def _keep_results(self, backup: Backup) -> None:
         if backup.mode == "push":
             for disk in backup.disks:
-                if disk.backup and disk.target and Path(disk.target).exists():
-                    await _wait_released(disk.target)
+                if disk.backup and disk.target and disk.format and Path(disk.target).exists():
+                    await images.wait_released(images.Image(disk.target, disk.format))
         if backup.mode == "push" and backup.parent_backup_id is not None:
             await self._rebase_onto_previous(backup)
         checkpoint = (
@@ -516,54 +508,125 @@ class BackupRunner:
             if backup.checkpoint is None
             else await self.hypervisor.get_checkpoint(backup.domain_uuid, backup.checkpoint)
         )
+        digests = await self._digests(backup) if backup.mode == "push" and backup.verify else None
         async with fenced(self.database, backup.id, self.epoch) as session:
             for disk in backup.disks:
                 if disk.backup and disk.target:
                     sized = self._disk_update(disk.name, bytes=_allocated_bytes(disk.target))
                     await session.execute(sized)
+            if digests is not None:
+                await session.execute(
+                    update(Backup)
+                    .where(Backup.id == backup.id)
+                    .values(
+                        digests=digests,
+                        verification_status=VERIFICATION_OK,
+                        verification_checked_at=utcnow(),
+                        verification_detail="content digests recorded as the backup completed",
+                    )
+                )
             if checkpoint is not None:
                 await repository.record_made_by_backup(
                     session, backup.host, backup.domain_uuid, checkpoint, backup.id
                 )
 
+    async def _prune_checkpoints(self, backup: Backup) -> None:
+        """Keep the domain's checkpoints bounded, one committed deletion at a time.
+        Best effort: whatever fails now goes after the next success."""
+        if backup.checkpoint is None:
+            return
+        try:
+            async with self.database.session_scope() as session:
+                doomed = await checkpoints.prunable(
+                    session, backup.host, backup.domain_uuid, self.settings.checkpoints_per_domain
+                )
+            for name in doomed:
+                async with self.database.session_scope() as session:
+                    await checkpoints.delete_checkpoint(
+                        session,
+                        self.hypervisor,
+                        backup.domain_uuid,
+                        name,
+                        children=False,
+                        metadata_only=False,
+                    )
+                log.info(
+                    "domain %s: checkpoint %s deleted (bound %d)",
+                    backup.domain_name,
+                    name,
+                    self.settings.checkpoints_per_domain,
+                )
+        except (AppError, *DATABASE_UNAVAILABLE) as error:
+            log.warning("domain %s: checkpoints not pruned now: %s", backup.domain_name, error)
+
     async def _rebase_onto_previous(self, backup: Backup) -> None:
         """libvirt makes an incremental's qcow2 with the live disk as backing;
-        re-point it at the previous backup's file so the chain opens alone.
-        Rerunnable: a rebase that already happened is done again, to the same end."""
+        re-point it at the previous backup's file so the chain opens alone. The
+        chain it joins is checked first, link by link against the record, and
+        again with the new link on top."""
         async with self.database.session_scope() as session:
-            previous = {
-                d.name: d
-                for d in await session.scalars(
-                    select(BackupDisk).where(BackupDisk.backup_id == backup.parent_backup_id)
-                )
+            parent = await session.scalar(
+                select(Backup)
+                .options(selectinload(Backup.disks))
+                .where(Backup.id == backup.parent_backup_id)
+            )
+            if parent is None:
+                raise ChainBroken(f"backup {backup.parent_backup_id}, the base, was deleted")
+            below = {
+                name: await chain.recorded_images(session, parent, name, self.root)
+                for name in self._rebased_disks(backup)
             }
         for disk in backup.disks:
-            before = previous.get(disk.name)
-            if not (disk.backup and disk.target and before and before.target):
+            if disk.name not in below or not disk.target:
                 continue
-            if disk.backupmode != "incremental":
-                continue
-            await asyncio.to_thread(
-                subprocess.run,
-                [
-                    "qemu-img",
-                    "rebase",
-                    "-u",
-                    "-f",
-                    "qcow2",
-                    "-b",
-                    before.target,
-                    "-F",
-                    before.format or "qcow2",
-                    disk.target,
-                ],
-                check=True,
-                capture_output=True,
-                timeout=120,
-            )
+            top = images.Image(disk.target, "qcow2")
+            confine(disk.target, self.root, what="backup file")
+            await images.verify_chain(below[disk.name])
+            await images.rebase_unsafe(top, below[disk.name][-1])
+            await images.verify_chain([*below[disk.name], top])
             crash_point("rebasing")
             async with fenced(self.database, backup.id, self.epoch) as session:
-                await session.execute(self._disk_update(disk.name, backing_file=before.target))
+                update_disk = self._disk_update(disk.name, backing_file=below[disk.name][-1].path)
+                await session.execute(update_disk)
+
+    async def _digests(self, backup: Backup) -> dict[str, str]:
+        """Each disk's content as its whole chain reads it, read once while the new
+        file is still in the page cache: the reference a later verify compares."""
+        async with self.database.session_scope() as session:
+            parent = (
+                None
+                if backup.parent_backup_id is None
+                else await session.scalar(
+                    select(Backup)
+                    .options(selectinload(Backup.disks))
+                    .where(Backup.id == backup.parent_backup_id)
+                )
+            )
+            chains: dict[str, list[images.Image]] = {}
+            for disk in backup.disks:
+                if not (disk.backup and disk.target and disk.format):
+                    continue
+                below = (
+                    await chain.recorded_images(session, parent, disk.name, self.root)
+                    if parent is not None and disk.backupmode == "incremental"
+                    else []
+                )
+                confine(disk.target, self.root, what="backup file")
+                chains[disk.name] = [*below, images.Image(disk.target, disk.format)]
+        return {
+            name: await images.digest(links, timeout=self.settings.restore_timeout_seconds)
+            for name, links in chains.items()
+        }
+
+    @staticmethod
+    def _rebased_disks(backup: Backup) -> set[str]:
+        return {
+            d.name for d in backup.disks if d.backup and d.target and d.backupmode == "incremental"
+        }
+
+    @property
+    def root(self) -> Path:
+        return self.settings.backups_dir
 
 
 def _disk_backupmode(backup: Backup, disk: BackupDisk, *, incremental: bool) -> str:

@@ -85,6 +85,10 @@ async def test_push_full_then_incremental_hold_the_disk_at_each_point(
     # Only the changed clusters were copied: 2 MiB, not the 36 MiB written in all.
     assert incremental["disks"][0]["bytes"] < 4 * MiB
     assert full["disks"][0]["bytes"] > 4 * MiB
+    # The completed jobs' own counters are the final progress: the whole disk,
+    # then the dirty 2 MiB.
+    assert full["progress"]["bytes_processed"] == full["progress"]["bytes_total"] == 64 * MiB
+    assert incremental["progress"]["bytes_processed"] == 2 * MiB
 
 
 async def test_pull_full_export_reads_the_point_in_time_and_finish_succeeds(

@@ -262,6 +262,21 @@ def write_pattern(
     _qemu_io(conn, vm, disk, command, expect=f"wrote {length}/{length} bytes at offset {offset}")
 
 
+def write_bytes_from(
+    conn: libvirt.virConnect, vm: TestVM, disk: str, offset: int, source: Path
+) -> None:
+    """Write the whole of `source` (a host file QEMU can read) into the running disk at
+    `offset`, through QEMU (`qemu-io "write -s source offset length"`): the guest's own
+    bytes, as a guest would write them. `offset` and the length must be sector-aligned."""
+    if disk not in vm.disks:
+        raise ValueError(f"{vm.name} has no disk {disk!r}")
+    length = source.stat().st_size
+    if length == 0 or offset % 512 or length % 512:
+        raise ValueError("offset and length must be multiples of 512, length > 0")
+    command = f"write -s {source} {offset} {length}"
+    _qemu_io(conn, vm, disk, command, expect=f"wrote {length}/{length} bytes at offset {offset}")
+
+
 def _qemu_io(conn: libvirt.virConnect, vm: TestVM, disk: str, command: str, expect: str) -> None:
     log_start = vm.log.stat().st_size if vm.log.exists() else 0
     hmp = f'qemu-io -d /machine/peripheral/ua-{disk}/virtio-backend "{command}"'
