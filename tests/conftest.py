@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
@@ -21,7 +20,8 @@ from app.hosts.registry import HypervisorFactory
 from app.libvirt.events import ensure_event_loop
 from app.main import create_app
 from app.settings import Settings
-from tests.support.vms import TestVM, throwaway_vm
+from tests.support.libvirtd import LiveConnection
+from tests.support.vms import TestVM, create_vm, destroy_vm
 
 PG_ADMIN_DSN = os.environ.get("VMBACKUP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgresql"]
@@ -102,19 +102,25 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
-@pytest.fixture
-def libvirt_conn() -> Iterator[libvirt.virConnect]:
-    """A connection of the test's own: a fault test that restarts libvirtd
-    closes every connection open at the time, so none is shared across tests."""
+@pytest.fixture(scope="session")
+def libvirt_live() -> Iterator[LiveConnection]:
     ensure_event_loop()  # the app's own: one libvirt event loop per process
-    conn = libvirt.open("qemu:///system")
-    yield conn
-    with contextlib.suppress(libvirt.libvirtError):
-        conn.close()
+    live = LiveConnection()
+    yield live
+    live.close()
 
 
 @pytest.fixture
-def vm(libvirt_conn: libvirt.virConnect, tmp_path: Path) -> Iterator[TestVM]:
+def libvirt_conn(libvirt_live: LiveConnection) -> libvirt.virConnect:
+    """The session's connection; opened again when a test restarted libvirtd."""
+    return libvirt_live.conn
+
+
+@pytest.fixture
+def vm(libvirt_live: LiveConnection, tmp_path: Path) -> Iterator[TestVM]:
     """A running throw-away domain with one 64 MiB qcow2 disk, `vda`."""
-    with throwaway_vm(libvirt_conn, workdir=tmp_path / "vms") as test_vm:
+    test_vm = create_vm(libvirt_live.conn, workdir=tmp_path / "vms")
+    try:
         yield test_vm
+    finally:
+        destroy_vm(libvirt_live.conn, test_vm)  # libvirtd may have restarted meanwhile

@@ -46,6 +46,14 @@ KEEPALIVE_INTERVAL_SECONDS = 5
 KEEPALIVE_COUNT = 3
 
 
+def _alive(conn: libvirt.virConnect) -> bool:
+    """The client's own view of its socket (no call to libvirtd)."""
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False
+
+
 def _version(number: int) -> str:
     return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
 
@@ -207,6 +215,13 @@ class LibvirtHost:
         try:
             return await loop.run_in_executor(self._executor, fn, conn)
         except libvirt.libvirtError as error:
+            if not _alive(conn):
+                # The connection died during the call ("End of file while reading
+                # data", a system error): an outage, and libvirtd may have carried
+                # the call out. The caller waits for the host and looks.
+                raise HostUnreachable(
+                    f"host {self.name}: connection lost: {error.get_error_message()}"
+                ) from error
             raise map_libvirt_error(error, self.name) from error
 
     async def _on_domain(self, ref: str, fn: Callable[[libvirt.virDomain], T]) -> T:

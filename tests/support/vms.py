@@ -218,6 +218,33 @@ def drop_bitmap(dom: libvirt.virDomain, bitmap: str) -> None:
     _qmp(dom, "block-dirty-bitmap-remove", node=node, name=bitmap)
 
 
+def set_backup_speed(conn: libvirt.virConnect, vm: TestVM, bytes_per_second: int) -> int:
+    """Throttle the domain's running backup block jobs (0: no limit) through QMP
+    `block-job-set-speed`, so a test can hold a push running; the number of jobs
+    throttled. libvirt has no speed setting for backups (tests only: the monitor)."""
+    dom = domain(conn, vm)
+    jobs = [
+        job
+        for job in _qmp(dom, "query-block-jobs")
+        if job["type"] == "backup" and job["status"] == "running"
+    ]
+    held = 0
+    for job in jobs:
+        command = {
+            "execute": "block-job-set-speed",
+            "arguments": {"device": job["device"], "speed": bytes_per_second},
+        }
+        reply = json.loads(libvirt_qemu.qemuMonitorCommand(dom, json.dumps(command), 0))
+        held += "return" in reply  # else the job ended in between
+    return held
+
+
+def fill_disk(vm: TestVM, disk: str, length: int, byte: int) -> None:
+    """Write `length` bytes of `byte` from the start of a disk of a stopped
+    domain, with qemu-io on its qcow2 (fast, for large amounts of data)."""
+    _run(["qemu-io", "-f", "qcow2", "-c", f"write -P {byte:#04x} 0 {length}", str(vm.disks[disk])])
+
+
 def write_pattern(
     conn: libvirt.virConnect, vm: TestVM, disk: str, offset: int, length: int, byte: int
 ) -> None:
