@@ -13,10 +13,12 @@ bench/replicas.py (100 backups over 10 domains), which prints the figures.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,7 @@ from tests.support.vms import (
 )
 
 ACTIVE = {"starting", "running", "ready", "finishing"}
+POSTERS = 4  # clients POSTing at once
 
 
 @dataclass
@@ -92,6 +95,12 @@ def patterned_domains(uri: str, workdir: Path, count: int, disk_mib: int) -> Ite
         _destroy_all(uri, vms)
 
 
+def _keep_qemu_log(vm: TestVM) -> None:
+    """Beside the domains' directory: why a domain stopped, if one did."""
+    with contextlib.suppress(OSError):
+        shutil.copy(vm.log, vm.dir.parent / f"{vm.name}.qemu.log")
+
+
 def _destroy_all(uri: str, vms: list[TestVM], attempts: int = 30) -> None:
     """Destroy every domain, through a new connection each attempt (libvirtd may
     be restarting: other tests on this host restart it)."""
@@ -101,6 +110,7 @@ def _destroy_all(uri: str, vms: list[TestVM], attempts: int = 30) -> None:
             conn = libvirt.open(uri)
             try:
                 while left:
+                    _keep_qemu_log(left[0])
                     destroy_vm(conn, left[0])
                     left.pop(0)
                 return
@@ -175,11 +185,13 @@ def _post_many(
     replicas: Sequence[ServiceProcess], vms: Sequence[TestVM], first: int, count: int
 ) -> list[str]:
     """Backup i goes to domain i mod N through replica i mod 2 (a live one), every
-    third a full one, the rest auto."""
-    return [
-        _post(replicas, i, vms[i % len(vms)], {"kind": "full" if i % 3 == 0 else "auto"})
-        for i in range(first, first + count)
-    ]
+    third a full one, the rest auto; several at once, as clients would."""
+
+    def post(i: int) -> str:
+        return _post(replicas, i, vms[i % len(vms)], {"kind": "full" if i % 3 == 0 else "auto"})
+
+    with ThreadPoolExecutor(POSTERS) as posters:
+        return list(posters.map(post, range(first, first + count)))
 
 
 def _wait_for(
@@ -207,6 +219,7 @@ def _all_ended(count: int) -> Callable[[list[dict[str, Any]]], bool]:
 
 
 def _held_by(database_url: str, replica: ServiceProcess) -> int:
+    """How many active backups the replica holds (the lease is not in the API)."""
     with psycopg.connect(libpq_conninfo(database_url)) as conn:
         row = conn.execute(
             "SELECT count(*) FROM backups WHERE lease_holder LIKE %s"
@@ -214,6 +227,17 @@ def _held_by(database_url: str, replica: ServiceProcess) -> int:
             (f"%:{pid(replica)}:%",),
         ).fetchone()
     return int(row[0]) if row else 0
+
+
+def _busiest(database_url: str, replicas: Sequence[ServiceProcess]) -> ServiceProcess:
+    """The replica holding the most active backups, once one holds any (briefly
+    none may: between two claims, or while libvirtd restarts)."""
+    deadline = time.monotonic() + 60
+    while True:
+        held = {_held_by(database_url, r): r for r in replicas}
+        if max(held) > 0 or time.monotonic() > deadline:
+            return held[max(held)]
+        time.sleep(0.02)
 
 
 def _check(
@@ -266,11 +290,12 @@ def run_replicas(
             half = total // 2
             ids = _post_many(replicas, vms, 0, half)
             _wait_for(replicas, ids, lambda items: _succeeded(items) >= total // 4, timeout)
-            a.kill()
-            figures.held_by_killed = _held_by(settings.effective_database_url, a)
+            victim = _busiest(settings.effective_database_url, replicas)
+            victim.kill()
+            figures.held_by_killed = _held_by(settings.effective_database_url, victim)
             ids += _post_many(replicas, vms, half, total - half)
-            a.start()
-            a.wait_ready()
+            victim.start()
+            victim.wait_ready()
             final = _wait_for(replicas, ids, _all_ended(total), timeout)
             figures.seconds = time.monotonic() - started
         finally:
