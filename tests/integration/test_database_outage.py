@@ -73,14 +73,17 @@ def test_a_database_outage_answers_503_and_every_backup_succeeds_after_it(
         service.start()  # migrates the new database, then serves
         service.wait_ready()
         posted = client.post(f"/v1/hosts/local/domains/{vm.name}/backups", json={"mode": "pull"})
+        assert posted.status_code == 202, posted.text
         pull = wait_status(client, f"/v1/backups/{posted.json()['id']}", {"ready"})
         # Two per domain: the first is in flight as the database stops, the
         # second waits queued behind it.
-        backups = [
-            client.post(f"/v1/hosts/local/domains/{machine.name}/backups", json=body).json()["id"]
+        queued = [
+            client.post(f"/v1/hosts/local/domains/{machine.name}/backups", json=body)
             for machine in pushed
             for body in ({"kind": "full"}, {"kind": "auto"})
         ]
+        assert [r.status_code for r in queued] == [202] * 4, [r.text for r in queued]
+        backups = [r.json()["id"] for r in queued]
 
         own_postgres.stop()
         stopped_at = time.monotonic()
@@ -119,6 +122,6 @@ def test_a_database_outage_answers_503_and_every_backup_succeeds_after_it(
         assert [b["kind"] for b in done] == ["full", "incremental", "full", "incremental"]
         for machine in [vm, *pushed]:
             assert not job_active(libvirt_conn, machine)
-        log = service.output()
+        log = service.log.read_text(errors="replace")
     # The pull's runner polls throughout: it met the outage and waited it out.
     assert f"backup {pull['id']}: database unavailable, waiting" in log
