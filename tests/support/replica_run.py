@@ -161,9 +161,19 @@ class Sampler(threading.Thread):
             self.done.wait(0.05)
 
 
+def _retryable(response: httpx.Response) -> bool:
+    """503, or libvirt's connection dropped in the middle of the request (502
+    with libvirt's VIR_ERR_SYSTEM_ERROR): nothing was queued either way."""
+    if response.status_code == 503:
+        return True
+    return response.status_code == 502 and (
+        response.json().get("libvirt_code") == libvirt.VIR_ERR_SYSTEM_ERROR
+    )
+
+
 def _post(replicas: Sequence[ServiceProcess], i: int, vm: TestVM, body: dict[str, Any]) -> str:
-    """POST backup `i` through a live replica; a 503 (libvirtd restarted by some
-    other test, say) is retried as its Retry-After says, under the same key."""
+    """POST backup `i` through a live replica, again under the same key while
+    libvirtd is away (restarted by some other test on this host, say)."""
     deadline = time.monotonic() + 120
     while True:
         live = _alive(replicas)
@@ -173,7 +183,7 @@ def _post(replicas: Sequence[ServiceProcess], i: int, vm: TestVM, body: dict[str
             headers={"Idempotency-Key": f"replica-run-{i}"},
             timeout=30,
         )
-        if response.status_code != 503 or time.monotonic() > deadline:
+        if not _retryable(response) or time.monotonic() > deadline:
             break
         time.sleep(1)
     assert response.status_code == 202, response.text
