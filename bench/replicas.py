@@ -5,8 +5,8 @@ mismatched and the time taken. All but backups and time must be 0.
 Each domain is paused with a pattern of its own; backups are push, every third
 `full`, the rest `auto`, POSTed through either replica. A fresh database is made
 on the PostgreSQL of VMBACKUP_TEST_PG (default: postgres@127.0.0.1:5432) and
-dropped after. Not a test: the suite runs the same at a smaller count
-(tests/integration/test_replica_run.py).
+dropped after. Not a test: tests/integration/test_replica_run.py runs the same
+at 100 over 10 and asserts; this prints the figures, at any count.
 
     cd /work/main && .venv/bin/python bench/replicas.py [--backups 100] [--domains 10]
 """

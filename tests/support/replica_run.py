@@ -6,8 +6,8 @@ seen with two active backups at once. At the end every backup is checked:
 `succeeded`, exactly one `starting` and one `succeeded` in its events, and its
 file (or chain head) equal to its domain's disk.
 
-Used by tests/integration/test_replica_run.py (a smaller count) and by
-bench/replicas.py (100 backups over 10 domains), which prints the figures.
+Used by tests/integration/test_replica_run.py and by bench/replicas.py (which
+prints the figures, at any count).
 """
 
 from __future__ import annotations
