@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from app.db import models  # noqa: F401  (registers the tables)
@@ -12,6 +13,7 @@ from app.db.base import Base
 from app.db.session import make_engine
 
 target_metadata = Base.metadata
+MIGRATION_LOCK = 0x766D6261636B7570  # "vmbackup": a key of this service's own
 
 
 def _run(connection: Connection) -> None:
@@ -29,6 +31,10 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Replicas that start together each migrate: one at a time, so the
+            # later ones find the database at head (held until this commits).
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.run_migrations()
         if sqlite:
             broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()

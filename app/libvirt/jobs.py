@@ -57,6 +57,14 @@ def _counter(stats: dict[str, Any], key: str) -> int | None:
     return None if value is None else int(value)
 
 
+def _backup_ending(error: libvirt.libvirtError) -> bool:
+    """libvirt frees a backup job's data a moment before it ends the job; asked
+    for the job's statistics in between, it fails with this internal error."""
+    return error.get_error_code() == libvirt.VIR_ERR_INTERNAL_ERROR and (
+        "backup job data missing" in (error.get_error_message() or "")
+    )
+
+
 def job_stats(dom: libvirt.virDomain, *, completed: bool) -> JobStats:
     # KEEP_COMPLETED: libvirt otherwise hands completed stats out only once.
     flags = (
@@ -64,7 +72,12 @@ def job_stats(dom: libvirt.virDomain, *, completed: bool) -> JobStats:
         if completed
         else 0
     )
-    stats: dict[str, Any] = dom.jobStats(flags)
+    try:
+        stats: dict[str, Any] = dom.jobStats(flags)
+    except libvirt.libvirtError as error:
+        if completed or not _backup_ending(error):
+            raise
+        return JobStats(active=True)  # still there, ending: look again
     job_type = stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE)
     success = stats.get("success")
     if success is None and job_type != libvirt.VIR_DOMAIN_JOB_NONE and completed:

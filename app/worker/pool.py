@@ -40,6 +40,7 @@ from app.hypervisor import DomainStopped, HostReconnected, HypervisorEvent, JobC
 from app.policies import retention, scheduler
 from app.restores.runner import run_restore
 from app.settings import Settings
+from app.worker import notify
 from app.worker.runner import BackupRunner, JobSignal
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,9 @@ class WorkerPool:
             asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
             asyncio.create_task(self._dispatch_loop(), name="worker-dispatch"),
         ]
+        if self.database.is_postgresql:  # other replicas' work wakes this one at once
+            listener = notify.listen(self.database.url, self._wake.set)
+            self._tasks.append(asyncio.create_task(listener, name="worker-listen"))
 
     async def stop(self) -> None:
         """Stop following; libvirt jobs go on and the next start takes them over."""
@@ -115,7 +119,9 @@ class WorkerPool:
         self._wake.set()
 
     def wake_after_commit(self, session: AsyncSession) -> None:
-        """Look for work as soon as the request's transaction is committed."""
+        """Look for work as soon as the request's transaction is committed, here
+        and (PostgreSQL) on every other replica."""
+        notify.notify_on_commit(session)
         loop = asyncio.get_running_loop()
         event.listen(
             session.sync_session,
@@ -123,6 +129,14 @@ class WorkerPool:
             lambda _session: loop.call_soon_threadsafe(self._wake.set),
             once=True,
         )
+
+    async def _announce_freed(self, backup_id: uuid.UUID) -> None:
+        """Tell the other replicas a domain may be free: one of them may have room
+        for its next backup when this one has not."""
+        try:
+            await notify.announce(self.database)
+        except DATABASE_UNAVAILABLE as error:  # they find it by polling
+            log.info("backup %s: cannot announce its end: %s", backup_id, error)
 
     def _on_event(self, happened: HypervisorEvent) -> None:
         if isinstance(happened, HostReconnected):
@@ -450,5 +464,6 @@ class WorkerPool:
                 if self._retention_due is not None:
                     self._retention_due.add(backup_id)
                 self._wake.set()  # a queued backup of this domain may start now
+            await self._announce_freed(backup_id)
 
         self._runs[backup_id] = (host, asyncio.create_task(run(), name=f"backup-{backup_id}"))

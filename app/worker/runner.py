@@ -368,6 +368,8 @@ class BackupRunner:
     async def _follow(self, backup: Backup) -> None:
         last_progress: dict[str, int | None] | None = None
         while not backup.status.terminal:
+            # Cleared before looking: an event that arrives while we look is kept.
+            self.signal.wake.clear()
             if await self._act_on_requests(backup):
                 backup = await self._load()  # it may have moved on (ready -> finishing)
             stats = await self._stats(backup)
@@ -379,7 +381,6 @@ class BackupRunner:
             if progress != last_progress:
                 await record_progress(self.database, backup.id, self.epoch, backup.status, progress)
                 last_progress = progress
-            self.signal.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.signal.wake.wait(), self._wait_seconds(backup))
             backup = await self._load()
