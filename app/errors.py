@@ -132,3 +132,25 @@ class HypervisorError(AppError):
     def __init__(self, detail: str, libvirt_code: int | None = None, **extra: Any) -> None:
         super().__init__(detail, libvirt_code=libvirt_code, **extra)
         self.libvirt_code = libvirt_code
+
+
+class UriNotAllowed(AppError):
+    """A host URI outside the allow-list (app/hosts/uris.py); libvirt was not called."""
+
+    status = 422
+    code = "uri-not-allowed"
+    title = "URI not allowed"
+
+
+class PayloadTooLarge(AppError):
+    status = 413
+    code = "payload-too-large"
+    title = "Payload too large"
+
+
+class ServiceUnavailable(AppError):
+    """Something the service itself needs (the database) does not answer."""
+
+    status = 503
+    code = "service-unavailable"
+    title = "Service unavailable"

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.hosts.uris import UriRefused, check_host_uri
+
 Scope = Literal["read", "operate", "admin"]
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -50,6 +52,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=1)
     poll_seconds: float = Field(default=1.0, gt=0)
     default_pull_ttl_seconds: int = Field(default=7200, ge=1)
+    # Security
+    allow_tcp_hosts: bool = False
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     @field_validator("tokens", mode="before")
     @classmethod
@@ -64,6 +69,14 @@ class Settings(BaseSettings):
         if value is not None and not value.is_absolute():
             raise ValueError("must be an absolute path")
         return value
+
+    @model_validator(mode="after")
+    def _local_uri_allowed(self) -> Settings:
+        try:
+            check_host_uri(self.libvirt_uri, allow_tcp=self.allow_tcp_hosts)
+        except UriRefused as refused:
+            raise ValueError(f"VMBACKUP_LIBVIRT_URI is not allowed: {refused}") from None
+        return self
 
     @model_validator(mode="after")
     def _tokens_off_loopback(self) -> Settings:

@@ -1,6 +1,11 @@
-"""libvirt errors mapped to the service's own, keeping libvirt's code and message."""
+"""libvirt errors mapped to the service's own, keeping libvirt's code.
+
+The message a client sees has its host paths redacted (libvirt names the files
+it failed on, and some errors quote what it read); the full one is logged."""
 
 from __future__ import annotations
+
+import logging
 
 import libvirt
 
@@ -11,6 +16,9 @@ from app.errors import (
     HostUnreachable,
     HypervisorError,
 )
+from app.redact import redact_paths
+
+log = logging.getLogger(__name__)
 
 _CONNECTION_LOST = {
     libvirt.VIR_ERR_NO_CONNECT,
@@ -21,7 +29,9 @@ _CONNECTION_LOST = {
 
 def map_libvirt_error(error: libvirt.libvirtError, host: str) -> AppError:
     code = error.get_error_code()
-    message = error.get_error_message() or str(error)
+    full = error.get_error_message() or str(error)
+    log.info("host %s: libvirt error %s: %s", host, code, full)
+    message = redact_paths(full)
     if code == libvirt.VIR_ERR_NO_DOMAIN:
         return DomainNotFound(message, libvirt_code=code)
     if code == libvirt.VIR_ERR_NO_DOMAIN_CHECKPOINT:
