@@ -10,7 +10,18 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from app.api import backups, checkpoints, domains, events, health, hosts, problems, restores
+from app.api import (
+    backups,
+    checkpoints,
+    domains,
+    events,
+    health,
+    hosts,
+    openapi,
+    problems,
+    restores,
+)
+from app.api.middleware import BodyLimit, LoopbackOnly
 from app.api.state import AppState
 from app.db.session import Database
 from app.hosts.registry import HostRegistry, HypervisorFactory
@@ -28,7 +39,8 @@ with the lineage of checkpoints and backups kept in a database.
 Errors are RFC 9457 `application/problem+json` with a stable `code`.
 Authentication: `Authorization: Bearer <token>`; scopes are ordered, `admin`
 includes `operate`, which includes `read`. With no token configured the service
-only listens on loopback and lets every request through.
+serves loopback clients only (403 for any other) and lets their requests through.
+Request bodies are capped (413 `payload-too-large`).
 """
 
 
@@ -83,6 +95,10 @@ def create_app(
         description=DESCRIPTION,
         lifespan=_lifespan(settings, hypervisor_factory, request_metrics),
     )
+    # Outermost last: metrics count every answer, refusals included; a client off
+    # loopback is refused before its body is read.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(LoopbackOnly, settings=settings)
     app.add_middleware(RequestMetrics, registry=request_metrics)
     problems.install(app)
     app.include_router(health.router)
@@ -92,6 +108,7 @@ def create_app(
     app.include_router(events.router)
     app.include_router(checkpoints.router)
     app.include_router(restores.router)
+    openapi.install(app)
     return app
 
 
