@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import BaseRoute
 
 from app.api.deps import required_scope, uses_database
@@ -50,10 +50,12 @@ def complete(spec: dict[str, Any], routes: Sequence[BaseRoute]) -> dict[str, Any
     components["securitySchemes"] = {
         SECURITY_SCHEME: {"type": "http", "scheme": "bearer", "description": "A configured token"}
     }
-    for route in routes:
+    # Routes of included routers are reached through their contexts (full path).
+    for context in iter_route_contexts(routes):
+        route = context.original_route
         if isinstance(route, APIRoute) and route.include_in_schema:
             for method in route.methods or ():
-                _complete_operation(spec["paths"][route.path_format][method.lower()], route)
+                _complete_operation(spec["paths"][context.path_format][method.lower()], route)
     for name in _FASTAPI_VALIDATION:
         schemas.pop(name, None)
     return spec

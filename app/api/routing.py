@@ -55,9 +55,14 @@ async def _check_json(request: Request) -> None:
     except UnicodeDecodeError:
         raise _invalid_body("the body is not UTF-8") from None
     try:
-        json.loads(text)
+        json.loads(text, parse_constant=_not_json)
     except (ValueError, RecursionError) as error:
         raise _invalid_body(f"the body is not JSON: {error}") from None
+
+
+def _not_json(constant: str) -> None:
+    # Python reads NaN and Infinity; JSON (RFC 8259) has neither.
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def _invalid_body(message: str) -> InvalidRequest:
