@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.hosts.uris import UriRefused, check_host_uri
+from app.hosts.uris import OPERATOR_PARAMETERS, UriRefused, check_host_uri
 
 Scope = Literal["read", "operate", "admin"]
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _local_uri_allowed(self) -> Settings:
         try:
-            check_host_uri(self.libvirt_uri, allow_tcp=self.allow_tcp_hosts)
+            check_host_uri(
+                self.libvirt_uri, allow_tcp=self.allow_tcp_hosts, parameters=OPERATOR_PARAMETERS
+            )
         except UriRefused as refused:
             raise ValueError(f"VMBACKUP_LIBVIRT_URI is not allowed: {refused}") from None
         return self

@@ -11,6 +11,11 @@ therefore one of a few shapes, with no query at all:
   `qemu+ssh://[user@]host[:port]/system`;
 - `qemu+tcp://host[:port]/system` only when a setting allows it: plain TCP has no
   encryption, and would let an admin make the service probe internal ports.
+
+The operator's own URI (`VMBACKUP_LIBVIRT_URI`) may also name the files the
+operator mounted for it (`pkipath`, `keyfile`, `known_hosts`, absolute paths);
+still no program, socket, or verification turned off. A URI sent to the API
+takes no parameter at all.
 """
 
 from __future__ import annotations
@@ -30,20 +35,46 @@ _REMOTE = re.compile(
     r"(?::(?P<port>[0-9]{1,5}))?/system"
 )
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):")
+OPERATOR_PARAMETERS = frozenset({"pkipath", "keyfile", "known_hosts"})
+_OPERATOR_PARAMETER = re.compile(r"(?P<name>[a-z_]+)=(?P<value>/[A-Za-z0-9._/-]{0,1023})")
 
 
 class UriRefused(Exception):
     """A URI outside the allow-list; the message says why and quotes no file."""
 
 
-def check_host_uri(uri: str, *, allow_tcp: bool) -> str:
-    """Return `uri` when the service may open it, else raise `UriRefused`."""
+def check_host_uri(uri: str, *, allow_tcp: bool, parameters: frozenset[str] = frozenset()) -> str:
+    """Return `uri` when the service may open it, else raise `UriRefused`.
+    `parameters`: the query parameters allowed (none for a client's URI)."""
     if uri == LOCAL_SYSTEM:
         return uri
-    if "?" in uri or "#" in uri or "%" in uri:
-        # No parameter is needed for a plain connection, and each libvirt knows
-        # names a program, a file or a check to turn off; escapes could hide one.
-        raise UriRefused("a host URI takes no query parameters, fragment or %-escapes")
+    base, _, query = uri.partition("?")
+    if "#" in uri or "%" in uri:
+        raise UriRefused("a host URI takes no fragment or %-escapes (they could hide a parameter)")
+    if query:
+        _check_parameters(query, parameters)
+    _check_base(base, allow_tcp=allow_tcp)
+    return uri
+
+
+def _check_parameters(query: str, allowed: frozenset[str]) -> None:
+    if not allowed:
+        # None is needed for a plain connection, and each one libvirt knows names
+        # a program, a file or a socket, or turns a check off.
+        raise UriRefused("a host URI takes no query parameters")
+    for parameter in query.split("&"):
+        match = _OPERATOR_PARAMETER.fullmatch(parameter)
+        if match is None or match["name"] not in allowed:
+            name = parameter.partition("=")[0][:32]
+            raise UriRefused(
+                f"parameter {name!r} is not allowed; only {', '.join(sorted(allowed))} "
+                "with an absolute path"
+            )
+
+
+def _check_base(uri: str, *, allow_tcp: bool) -> None:
+    if uri == LOCAL_SYSTEM:
+        return
     scheme = _scheme(uri)
     allowed = (*REMOTE_SCHEMES, TCP_SCHEME) if allow_tcp else REMOTE_SCHEMES
     if scheme == TCP_SCHEME and not allow_tcp:
@@ -60,7 +91,6 @@ def check_host_uri(uri: str, *, allow_tcp: bool) -> str:
         raise UriRefused("a user name is for qemu+ssh:// only")
     if match["port"] and not 1 <= int(match["port"]) <= 65535:
         raise UriRefused("the port must be 1 to 65535")
-    return uri
 
 
 def _scheme(uri: str) -> str:

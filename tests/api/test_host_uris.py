@@ -173,3 +173,36 @@ def test_a_local_uri_outside_the_allow_list_stops_the_start(tmp_path: Path) -> N
     assert result.returncode != 0
     assert "VMBACKUP_LIBVIRT_URI is not allowed" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "qemu+tls://hypervisor1.example.net/system?pkipath=/etc/vmbackup/pki",
+        "qemu+ssh://backup@kvm2.example.net/system?keyfile=/keys/id_ed25519&known_hosts=/keys/kh",
+    ],
+)
+def test_the_operator_may_name_mounted_files_in_the_local_uri(uri: str) -> None:
+    assert Settings(libvirt_uri=uri).libvirt_uri == uri
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "qemu+ssh://h/system?command=/bin/sh",
+        "qemu+ssh://h/system?netcat=/tmp/nc",
+        "qemu+tls://h/system?no_verify=1",
+        "qemu+tls://h/system?pkipath=relative",
+        "qemu+tls://h/system?pkipath=/etc/pki&socket=/run/x",
+        "qemu:///embed?root=/srv",
+        "test:///default",
+    ],
+)
+def test_the_local_uri_still_names_no_program_socket_or_lax_check(uri: str) -> None:
+    with pytest.raises(ValueError, match="VMBACKUP_LIBVIRT_URI is not allowed"):
+        Settings(libvirt_uri=uri)
+
+
+def test_a_client_uri_takes_no_parameter_even_an_operator_one() -> None:
+    with pytest.raises(UriRefused, match="no query parameters"):
+        check_host_uri("qemu+tls://h/system?pkipath=/etc/vmbackup/pki", allow_tcp=False)

@@ -1,0 +1,251 @@
+"""Fuzzing the served OpenAPI with schemathesis, shared by the test suite (a few
+hundred cases) and `bench/fuzz_api.py` (thousands).
+
+The app is served for real (`vmbackup serve` on a free loopback port, SQLite, one
+admin token, the real libvirtd as `local`) and every generated case, positive and
+negative, goes to it over HTTP. Each answer is checked: no 5xx, status, content
+type, headers and body as the OpenAPI documents them, negative input refused,
+auth not ignored, and every error an `application/problem+json` document whose
+`status` is the HTTP status.
+
+The libvirtd is shared with other tests, so nothing generated may reach a live
+domain: host registration is not fuzzed (it would also dial out), the domain list
+is not fuzzed (schemathesis reuses what responses show), and a case naming a live
+domain is skipped before it is sent. `GET /v1/events` is left out too: it streams
+until the client leaves, so every case would end in a client timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hypothesis
+import libvirt
+import requests
+import schemathesis
+from schemathesis import Case, CheckContext, GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.specs.openapi import checks as openapi_checks
+
+PROBLEM_JSON = "application/problem+json"
+TOKEN = "fuzz-admin-token"
+# (method, path template) never generated: see the module docstring.
+EXCLUDED = {("POST", "/v1/hosts"), ("GET", "/v1/hosts/{host}/domains"), ("GET", "/v1/events")}
+
+
+@schemathesis.check
+def problem_json_errors(ctx: CheckContext, response: schemathesis.Response, case: Case) -> None:
+    """Every error is a problem document that says its own status."""
+    if response.status_code < 400:
+        return
+    content_type = response.headers.get("content-type", [""])[0]
+    if content_type.split(";")[0].strip() != PROBLEM_JSON:
+        raise AssertionError(f"{response.status_code} answered as {content_type!r}")
+    body = json.loads(response.content)
+    if body.get("status") != response.status_code or not body.get("code"):
+        raise AssertionError(f"problem without its status or code: {body}")
+
+
+CHECKS = [
+    not_a_server_error,
+    openapi_checks.status_code_conformance,
+    openapi_checks.content_type_conformance,
+    openapi_checks.response_headers_conformance,
+    openapi_checks.response_schema_conformance,
+    openapi_checks.negative_data_rejection,
+    openapi_checks.ignored_auth,
+    openapi_checks.unsupported_method,
+    problem_json_errors,
+]
+
+
+@dataclass
+class Figures:
+    cases: int = 0
+    skipped_live_domain: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    by_operation: Counter[str] = field(default_factory=Counter)
+    failures: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def server_errors(self) -> int:
+        return sum(count for status, count in self.statuses.items() if status >= 500)
+
+    @property
+    def failure_count(self) -> int:
+        return sum(len(examples) for examples in self.failures.values())
+
+    def fail(self, title: str, example: str) -> None:
+        self.failures.setdefault(title, []).append(example)
+
+    def report(self) -> str:
+        statuses = ", ".join(f"{status}: {n}" for status, n in sorted(self.statuses.items()))
+        lines = [
+            f"cases sent: {self.cases} over {len(self.by_operation)} operations "
+            f"(skipped, naming a live domain: {self.skipped_live_domain})",
+            f"statuses: {statuses}",
+            f"5xx responses: {self.server_errors}",
+            f"check failures: {self.failure_count}",
+        ]
+        for title, examples in sorted(self.failures.items()):
+            lines.append(f"  {title}: {len(examples)}, e.g. {examples[0][:300]}")
+        return "\n".join(lines)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def served_app(workdir: Path) -> Iterator[str]:
+    """`vmbackup serve` on loopback with a fresh SQLite database; yields its base URL."""
+    port = _free_port()
+    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VMBACKUP_")}
+    env = {
+        **clean,
+        "VMBACKUP_DATA_DIR": str(workdir / "data"),
+        "VMBACKUP_SOCKET_ROOT": str(workdir / "run"),
+        "VMBACKUP_TOKENS": json.dumps([{"name": "fuzz", "sha256": digest, "scopes": ["admin"]}]),
+        "VMBACKUP_LOG_LEVEL": "warning",
+    }
+    log = (workdir / "server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_live(base_url, server)
+        yield base_url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def _wait_until_live(base_url: str, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"vmbackup serve exited with {server.returncode}")
+        with contextlib.suppress(requests.ConnectionError):
+            if requests.get(f"{base_url}/livez", timeout=5).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError("vmbackup serve did not answer /livez within 60 s")
+
+
+class LiveDomains:
+    """Names and UUIDs of the domains on the shared libvirtd, looked up per case
+    (other tests make and remove theirs all the time)."""
+
+    def __init__(self) -> None:
+        self._conn = libvirt.open("qemu:///system")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def named_by(self, case: Case) -> bool:
+        values = [
+            (case.path_parameters or {}).get("domain"),
+            (case.query or {}).get("domain"),
+        ]
+        refs = {_normal(value) for value in values if value is not None}
+        if not refs:
+            return False
+        live = set()
+        for domain in self._conn.listAllDomains():
+            live.add(_normal(domain.name()))
+            live.add(_normal(domain.UUIDString()))
+        return bool(refs & live)
+
+
+def _normal(value: object) -> str:
+    # libvirt trims white space around a UUID and takes one without dashes.
+    text = str(value).strip()
+    return text.lower().replace("-", "") if len(text.replace("-", "")) == 32 else text
+
+
+def fuzz(base_url: str, *, cases_per_mode: int, seed: int) -> Figures:
+    """Every operation but the excluded ones, `cases_per_mode` positive and as many
+    negative cases each; returns the figures (it never stops at a failure)."""
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+    figures = Figures()
+    live = LiveDomains()
+    try:
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            if (operation.method.upper(), operation.path) in EXCLUDED:
+                continue
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                run = _runner(operation, mode, cases_per_mode, seed)
+                run(lambda case: _send(case, base_url, figures, live))
+    finally:
+        live.close()
+    return figures
+
+
+def _runner(
+    operation: Any, mode: GenerationMode, max_examples: int, seed: int
+) -> Callable[[Callable[[Case], None]], None]:
+    def run(send: Callable[[Case], None]) -> None:
+        @hypothesis.seed(seed)
+        @hypothesis.settings(
+            max_examples=max_examples,
+            database=None,
+            deadline=None,
+            phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+            suppress_health_check=list(hypothesis.HealthCheck),
+        )
+        @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+        def each(case: Case) -> None:
+            send(case)
+
+        with contextlib.suppress(hypothesis.errors.Unsatisfiable):
+            each()  # unsatisfiable: an operation without input has no negative case
+
+    return run
+
+
+def _send(case: Case, base_url: str, figures: Figures, live: LiveDomains) -> None:
+    if live.named_by(case):
+        figures.skipped_live_domain += 1
+        return
+    key = f"{case.method.upper()} {case.operation.path}"
+    # The admin token on every case (a generated Authorization header would only
+    # measure 401s); `ignored_auth` sends its own requests without it.
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    case.headers = {**(case.headers or {}), **headers}
+    try:
+        response = case.call(base_url=base_url, timeout=30)
+    except requests.Timeout:
+        figures.fail("timeout", f"{key}: {case.as_curl_command()}")
+        return
+    figures.cases += 1
+    figures.by_operation[key] += 1
+    figures.statuses[response.status_code] += 1
+    try:
+        case.validate_response(response, checks=CHECKS, headers=headers)
+    except (AssertionError, FailureGroup) as failure:
+        for single in getattr(failure, "exceptions", None) or [failure]:
+            title = getattr(single, "title", type(single).__name__)
+            figures.fail(str(title), f"{key} -> {response.status_code}: {single}")
