@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.auth import is_loopback_client
 from app.api.problems import problem
 from app.errors import Forbidden, PayloadTooLarge
 from app.settings import Settings
-
-
-def is_loopback_client(client: tuple[str, int] | None) -> bool:
-    """Whether the socket peer is this machine. No peer address is a unix socket,
-    which only this machine can reach (its file mode says who)."""
-    if client is None:
-        return True
-    try:
-        address = ipaddress.ip_address(client[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 class LoopbackOnly:

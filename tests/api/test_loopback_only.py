@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
+from app.api.auth import authenticate
+from app.errors import Forbidden
 from app.main import create_app
 from app.settings import Settings, TokenSetting
 
@@ -66,3 +68,14 @@ async def test_with_tokens_a_client_off_loopback_is_served_by_its_token(
         assert (await client.get("/v1/hosts")).status_code == 401
         ok = await client.get("/v1/hosts", headers={"Authorization": "Bearer secret"})
         assert ok.status_code == 200
+
+
+def test_authentication_itself_refuses_a_remote_client_without_tokens(
+    settings: Settings,
+) -> None:
+    # Behind the middleware, the route's own check: a second line, not the first.
+    remote = Request({"type": "http", "client": ("192.0.2.10", 1), "headers": []})
+    with pytest.raises(Forbidden):
+        authenticate(remote, settings)
+    local = Request({"type": "http", "client": ("127.0.0.1", 1), "headers": []})
+    assert authenticate(local, settings).name == "anonymous"
