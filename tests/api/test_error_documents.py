@@ -3,15 +3,18 @@ answer carries a host path, a server address or an exception's text."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import libvirt
 import pytest
 from fastapi import FastAPI
 
 from app.api.state import AppState
 from app.db.session import Database
+from app.libvirt.errors import map_libvirt_error
 from app.redact import redact_paths
 
 PROBLEM_JSON = "application/problem+json"
@@ -138,3 +141,18 @@ async def test_a_database_that_does_not_answer_is_503_service_unavailable(
     assert problem["code"] == "service-unavailable"
     assert "127.0.0.1" not in response.text
     assert "s3cr3t" not in response.text
+
+
+@pytest.mark.libvirt
+def test_a_libvirt_error_keeps_its_code_and_logs_what_it_hides(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with pytest.raises(libvirt.libvirtError) as raised:
+        libvirt.open("qemu+tls://127.0.0.1:1/system")  # names the CA file it cannot read
+    caplog.set_level(logging.INFO, logger="app.libvirt.errors")
+    error = map_libvirt_error(raised.value, "h")
+    assert error.status == 502
+    assert error.extra["libvirt_code"] == raised.value.get_error_code()
+    assert "<path>" in error.detail
+    assert "/etc/" not in error.detail
+    assert "/etc/" in caplog.text
