@@ -154,3 +154,20 @@ class ServiceUnavailable(AppError):
     status = 503
     code = "service-unavailable"
     title = "Service unavailable"
+
+
+class HypervisorUnsupported(HypervisorError):
+    """libvirt says the domain or its driver cannot do what was asked (quiesce with
+    no guest agent, a disk format without bitmaps): the request's cause, not a fault."""
+
+    status = 409
+    code = "operation-unsupported"
+    title = "Not supported by the domain"
+
+
+class HypervisorInvalidState(HypervisorError):
+    """libvirt says the domain's present state does not allow the operation."""
+
+    status = 409
+    code = "invalid-state"
+    title = "Invalid state"

@@ -2,12 +2,12 @@
 
     .venv/bin/python bench/fuzz_api.py [--cases-per-mode 130] [--seed 8]
 
-Serves the app (`vmbackup serve` on a loopback port, SQLite, the real libvirtd),
-sends `--cases-per-mode` positive and as many negative generated cases to every
-operation but host registration, the domain list and the never-ending event feed
-(see tests/support/fuzz.py), and checks each answer: no 5xx, status, content type,
-headers and body as documented, negative input refused, auth not ignored, every
-error `application/problem+json`. Exits non-zero on any failure."""
+Serves the app (`vmbackup serve` on a loopback port, SQLite, the real libvirtd,
+a throw-away domain of its own), sends `--cases-per-mode` positive and as many
+negative generated cases to every operation but host registration, the domain list
+and the never-ending event feed (see tests/support/fuzz.py), and checks each answer:
+no 5xx, status, content type, headers and body as documented, negative input
+refused, auth not ignored, every error `application/problem+json`. Exits non-zero on any failure."""
 
 from __future__ import annotations
 
@@ -19,7 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import libvirt
+
 from tests.support.fuzz import fuzz, served_app
+from tests.support.vms import throwaway_vm
 
 
 def main() -> int:
@@ -28,9 +31,18 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=8)
     args = parser.parse_args()
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="vmbackup-fuzz-") as workdir:
+    conn = libvirt.open("qemu:///system")
+    with (
+        tempfile.TemporaryDirectory(prefix="vmbackup-fuzz-") as workdir,
+        throwaway_vm(conn, workdir=Path(workdir) / "vms") as vm,
+    ):
         with served_app(Path(workdir)) as base_url:
-            figures = fuzz(base_url, cases_per_mode=args.cases_per_mode, seed=args.seed)
+            figures = fuzz(
+                base_url,
+                cases_per_mode=args.cases_per_mode,
+                seed=args.seed,
+                own=(vm.name, vm.uuid),
+            )
         print(figures.report())
         print(f"wall time: {time.monotonic() - started:.0f} s")
         if figures.server_errors or figures.failure_count:

@@ -35,6 +35,8 @@ from app.errors import (
     HostNotFound,
     HostUnreachable,
     HypervisorError,
+    HypervisorInvalidState,
+    HypervisorUnsupported,
     IdempotencyConflict,
     InvalidRequest,
     InvalidState,
@@ -69,6 +71,8 @@ def _accepted(state: AppState, session: AsyncSession, backup: BackupOut) -> JSON
         PathNotAllowed,
         IdempotencyConflict,
         HypervisorError,
+        HypervisorUnsupported,
+        HypervisorInvalidState,
         HostUnreachable,
     ),
     description="Starts a backup: validated against live libvirt, planned, and queued; a "

@@ -21,6 +21,8 @@ from app.errors import (
     HostNotFound,
     HostUnreachable,
     HypervisorError,
+    HypervisorInvalidState,
+    HypervisorUnsupported,
     IdempotencyConflict,
     InvalidRequest,
     InvalidState,
@@ -33,7 +35,14 @@ router = APIRouter(
     route_class=AuthFirstRoute,
 )
 # Every route here asks libvirt about the domain.
-_LIBVIRT = (HostNotFound, DomainNotFound, HostUnreachable, HypervisorError)
+_LIBVIRT = (
+    HostNotFound,
+    DomainNotFound,
+    HostUnreachable,
+    HypervisorError,
+    HypervisorUnsupported,
+    HypervisorInvalidState,
+)
 
 
 @router.get(

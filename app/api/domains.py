@@ -8,14 +8,30 @@ from app.api.problems import problem_responses
 from app.api.routing import AuthFirstRoute
 from app.domains import service
 from app.domains.schemas import DomainList, DomainOut
-from app.errors import DomainNotFound, HostNotFound, HostUnreachable, HypervisorError
+from app.errors import (
+    DomainNotFound,
+    HostNotFound,
+    HostUnreachable,
+    HypervisorError,
+    HypervisorInvalidState,
+    HypervisorUnsupported,
+)
+
+# Every route here asks libvirt.
+_LIBVIRT = (
+    HostNotFound,
+    HostUnreachable,
+    HypervisorError,
+    HypervisorUnsupported,
+    HypervisorInvalidState,
+)
 
 router = APIRouter(prefix="/v1/hosts/{host}/domains", tags=["domains"], route_class=AuthFirstRoute)
 
 
 @router.get(
     "",
-    responses=problem_responses(HostNotFound, HostUnreachable, HypervisorError),
+    responses=problem_responses(*_LIBVIRT),
     description="Read live from libvirt. 503 `host-unreachable` while the host is disconnected.",
 )
 async def list_domains(
@@ -26,7 +42,7 @@ async def list_domains(
 
 @router.get(
     "/{domain}",
-    responses=problem_responses(HostNotFound, DomainNotFound, HostUnreachable, HypervisorError),
+    responses=problem_responses(*_LIBVIRT, DomainNotFound),
     description="`{domain}` is a name or a UUID.",
 )
 async def get_domain(

@@ -34,7 +34,7 @@ class CheckpointCreate(BaseModel):
     quiesce: bool = Field(
         default=False,
         description="Freeze the guest's file systems through its agent while the checkpoint "
-        "is taken; a domain without a guest agent answers `libvirt-error`.",
+        "is taken; a domain without a guest agent answers 409 `operation-unsupported`.",
     )
 
     @model_validator(mode="after")

@@ -15,6 +15,8 @@ from app.errors import (
     DomainNotFound,
     HostUnreachable,
     HypervisorError,
+    HypervisorInvalidState,
+    HypervisorUnsupported,
 )
 from app.redact import redact_paths
 
@@ -24,6 +26,16 @@ _CONNECTION_LOST = {
     libvirt.VIR_ERR_NO_CONNECT,
     libvirt.VIR_ERR_INVALID_CONN,
     libvirt.VIR_ERR_RPC,
+}
+
+# Causes the request brought (what it asked of this domain), not faults: 409.
+_UNSUPPORTED = {
+    libvirt.VIR_ERR_NO_SUPPORT,
+    libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
+    libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+    libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
+    libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
+    libvirt.VIR_ERR_AGENT_UNSYNCED,
 }
 
 
@@ -38,4 +50,8 @@ def map_libvirt_error(error: libvirt.libvirtError, host: str) -> AppError:
         return CheckpointNotFound(message, libvirt_code=code)
     if code in _CONNECTION_LOST:
         return HostUnreachable(f"host {host}: {message}", libvirt_code=code)
+    if code in _UNSUPPORTED:
+        return HypervisorUnsupported(f"libvirt error {code}: {message}", libvirt_code=code)
+    if code == libvirt.VIR_ERR_OPERATION_INVALID:
+        return HypervisorInvalidState(f"libvirt error {code}: {message}", libvirt_code=code)
     return HypervisorError(f"libvirt error {code}: {message}", libvirt_code=code)

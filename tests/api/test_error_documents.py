@@ -16,6 +16,7 @@ from app.api.state import AppState
 from app.db.session import Database
 from app.libvirt.errors import map_libvirt_error
 from app.redact import redact_paths
+from tests.support.vms import TestVM
 
 PROBLEM_JSON = "application/problem+json"
 # A PostgreSQL that refuses: nothing listens on port 1 (loopback only).
@@ -156,3 +157,16 @@ def test_a_libvirt_error_keeps_its_code_and_logs_what_it_hides(
     assert "<path>" in error.detail
     assert "/etc/" not in error.detail
     assert "/etc/" in caplog.text
+
+
+@pytest.mark.libvirt
+async def test_quiesce_without_a_guest_agent_is_409_not_a_server_error(
+    client: httpx.AsyncClient, vm: TestVM
+) -> None:
+    response = await client.post(
+        f"/v1/hosts/local/domains/{vm.name}/checkpoints", json={"name": "q", "quiesce": True}
+    )
+    assert response.status_code == 409
+    problem = response.json()
+    assert problem["code"] == "operation-unsupported"
+    assert problem["libvirt_code"] == libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED

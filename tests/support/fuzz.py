@@ -9,9 +9,12 @@ auth not ignored, and every error an `application/problem+json` document whose
 `status` is the HTTP status.
 
 The libvirtd is shared with other tests, so nothing generated may reach a live
-domain: host registration is not fuzzed (it would also dial out), the domain list
-is not fuzzed (schemathesis reuses what responses show), and a case naming a live
-domain is skipped before it is sent. `GET /v1/events` is left out too: it streams
+domain but the fuzz's own throw-away one: host registration is not fuzzed (it
+would also dial out), the domain list is not fuzzed (schemathesis reuses what
+responses show), and a case naming another live domain is skipped before it is
+sent. Half the positive cases of the domain's routes are steered to the fuzz's own
+domain on `local`, so backups, checkpoints and reconciles really run; a generated
+pull server on TCP is kept on loopback. `GET /v1/events` is left out too: it streams
 until the client leaves, so every case would end in a client timeout.
 """
 
@@ -28,10 +31,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import hypothesis
+import hypothesis.strategies as st
 import libvirt
 import requests
 import schemathesis
@@ -77,7 +81,7 @@ class Figures:
     cases: int = 0
     skipped_live_domain: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
-    by_operation: Counter[str] = field(default_factory=Counter)
+    by_operation: dict[str, Counter[int]] = field(default_factory=dict)
     failures: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -99,7 +103,11 @@ class Figures:
             f"statuses: {statuses}",
             f"5xx responses: {self.server_errors}",
             f"check failures: {self.failure_count}",
+            "by operation:",
         ]
+        for key, counts in sorted(self.by_operation.items(), key=lambda item: item[0][::-1]):
+            spread = " ".join(f"{status}x{n}" for status, n in sorted(counts.items()))
+            lines.append(f"  {key}: {spread}")
         for title, examples in sorted(self.failures.items()):
             lines.append(f"  {title}: {len(examples)}, e.g. {examples[0][:300]}")
         return "\n".join(lines)
@@ -155,11 +163,12 @@ def _wait_until_live(base_url: str, server: subprocess.Popen[bytes]) -> None:
 
 
 class LiveDomains:
-    """Names and UUIDs of the domains on the shared libvirtd, looked up per case
-    (other tests make and remove theirs all the time)."""
+    """Names and UUIDs of the domains on the shared libvirtd but `own`, looked up
+    per case (other tests make and remove theirs all the time)."""
 
-    def __init__(self) -> None:
+    def __init__(self, own: tuple[str, ...]) -> None:
         self._conn = libvirt.open("qemu:///system")
+        self._own = {_normal(ref) for ref in own}
 
     def close(self) -> None:
         self._conn.close()
@@ -176,7 +185,7 @@ class LiveDomains:
         for domain in self._conn.listAllDomains():
             live.add(_normal(domain.name()))
             live.add(_normal(domain.UUIDString()))
-        return bool(refs & live)
+        return bool(refs & (live - self._own))
 
 
 def _normal(value: object) -> str:
@@ -185,27 +194,46 @@ def _normal(value: object) -> str:
     return text.lower().replace("-", "") if len(text.replace("-", "")) == 32 else text
 
 
-def fuzz(base_url: str, *, cases_per_mode: int, seed: int) -> Figures:
+def fuzz(base_url: str, *, cases_per_mode: int, seed: int, own: tuple[str, str]) -> Figures:
     """Every operation but the excluded ones, `cases_per_mode` positive and as many
-    negative cases each; returns the figures (it never stops at a failure)."""
+    negative cases each; `own` is the fuzz's domain (name, UUID). Returns the
+    figures; it never stops at a failure."""
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     figures = Figures()
-    live = LiveDomains()
+    live = LiveDomains(own)
+    steer = partial(_steer, domain=own[0])
     try:
         for result in schema.get_all_operations():
             operation = result.ok()
             if (operation.method.upper(), operation.path) in EXCLUDED:
                 continue
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-                run = _runner(operation, mode, cases_per_mode, seed)
+                strategy = operation.as_strategy(generation_mode=mode)
+                if mode is GenerationMode.POSITIVE:
+                    strategy = st.tuples(strategy, st.booleans()).map(lambda pair: steer(*pair))
+                run = _runner(strategy, cases_per_mode, seed)
                 run(lambda case: _send(case, base_url, figures, live))
     finally:
         live.close()
     return figures
 
 
+def _steer(case: Case, to_own: bool, *, domain: str) -> Case:
+    """A valid case, sometimes aimed at the fuzz's own domain; a TCP pull server
+    kept on loopback (a generated one could listen on any address)."""
+    params = case.path_parameters
+    if to_own and params and "domain" in params:
+        params["host"] = "local"
+        params["domain"] = domain
+    body = case.body
+    server = body.get("server") if isinstance(body, dict) else None
+    if isinstance(server, dict) and server.get("transport") == "tcp":
+        server["name"] = "127.0.0.1"
+    return case
+
+
 def _runner(
-    operation: Any, mode: GenerationMode, max_examples: int, seed: int
+    strategy: st.SearchStrategy[Case], max_examples: int, seed: int
 ) -> Callable[[Callable[[Case], None]], None]:
     def run(send: Callable[[Case], None]) -> None:
         @hypothesis.seed(seed)
@@ -216,7 +244,7 @@ def _runner(
             phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
             suppress_health_check=list(hypothesis.HealthCheck),
         )
-        @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+        @hypothesis.given(case=strategy)
         def each(case: Case) -> None:
             send(case)
 
@@ -241,7 +269,7 @@ def _send(case: Case, base_url: str, figures: Figures, live: LiveDomains) -> Non
         figures.fail("timeout", f"{key}: {case.as_curl_command()}")
         return
     figures.cases += 1
-    figures.by_operation[key] += 1
+    figures.by_operation.setdefault(key, Counter())[response.status_code] += 1
     figures.statuses[response.status_code] += 1
     try:
         case.validate_response(response, checks=CHECKS, headers=headers)
