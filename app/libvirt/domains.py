@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 
 import libvirt
 
@@ -81,11 +82,27 @@ def _checkpoint_info(cp: libvirt.virDomainCheckpoint) -> CheckpointInfo:
     return xml.parse_checkpoint_xml(cp.getXMLDesc(0))
 
 
+# libvirt 9.0 can hand out a checkpoint with no name while a backup job is making
+# one ("name in virGetDomainCheckpoint must not be NULL", VIR_ERR_INVALID_ARG);
+# the list is whole again moments later. Found by fuzzing during backups.
+_LIST_ATTEMPTS = 5
+_LIST_RETRY_SECONDS = 0.1
+
+
 def list_checkpoints(dom: libvirt.virDomain) -> list[CheckpointInfo]:
-    return [
-        _checkpoint_info(cp)
-        for cp in dom.listAllCheckpoints(libvirt.VIR_DOMAIN_CHECKPOINT_LIST_TOPOLOGICAL)
-    ]
+    for _ in range(_LIST_ATTEMPTS - 1):
+        try:
+            return _list_checkpoints(dom)
+        except libvirt.libvirtError as error:
+            if error.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
+                raise
+        time.sleep(_LIST_RETRY_SECONDS)  # a libvirt worker thread, not the event loop
+    return _list_checkpoints(dom)
+
+
+def _list_checkpoints(dom: libvirt.virDomain) -> list[CheckpointInfo]:
+    flags = libvirt.VIR_DOMAIN_CHECKPOINT_LIST_TOPOLOGICAL
+    return [_checkpoint_info(cp) for cp in dom.listAllCheckpoints(flags)]
 
 
 def get_checkpoint(dom: libvirt.virDomain, *, name: str) -> CheckpointInfo:

@@ -219,14 +219,19 @@ def fuzz(base_url: str, *, cases_per_mode: int, seed: int, own: tuple[str, str])
 
 
 def _steer(case: Case, to_own: bool, *, domain: str) -> Case:
-    """A valid case, sometimes aimed at the fuzz's own domain; a TCP pull server
-    kept on loopback (a generated one could listen on any address)."""
+    """A valid case, sometimes aimed at the fuzz's own domain (naming its disk, and
+    no base checkpoint it cannot have, so that some backups really start); a TCP
+    pull server kept on loopback (a generated one could listen on any address)."""
     params = case.path_parameters
+    body = case.body if isinstance(case.body, dict) else {}
     if to_own and params and "domain" in params:
         params["host"] = "local"
         params["domain"] = domain
-    body = case.body
-    server = body.get("server") if isinstance(body, dict) else None
+        body.pop("incremental", None)
+        disks = body.get("disks")
+        if isinstance(disks, list) and disks and isinstance(disks[0], dict):
+            body["disks"] = [{**disks[0], "name": "vda"}]
+    server = body.get("server")
     if isinstance(server, dict) and server.get("transport") == "tcp":
         server["name"] = "127.0.0.1"
     return case
