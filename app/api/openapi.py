@@ -22,6 +22,33 @@ from app.api.deps import required_scope, uses_database
 from app.api.problems import CODES_KEY, PROBLEM_JSON, Problem
 
 SECURITY_SCHEME = "bearer"
+BACKUP = "/v1/backups/{backup_id}"
+CHECKPOINTS = "/v1/hosts/{host}/domains/{domain}/checkpoints"
+_BACKUP_ID = {"backup_id": "$response.body#/id"}
+_CHECKPOINT = {
+    "host": "$request.path.host",
+    "domain": "$request.path.domain",
+    "name": "$response.body#/name",
+}
+# What a client can do next with what an operation made (OpenAPI links): the
+# (method, path, status) answered -> {link name: (method, path, parameters)}.
+LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, str]]]] = {
+    ("post", "/v1/hosts/{host}/domains/{domain}/backups", "202"): {
+        "GetBackup": ("get", BACKUP, _BACKUP_ID),
+        "CancelBackup": ("post", f"{BACKUP}/cancel", _BACKUP_ID),
+        "FinishBackup": ("post", f"{BACKUP}/finish", _BACKUP_ID),
+        "GetChain": ("get", f"{BACKUP}/chain", _BACKUP_ID),
+        "StartRestore": ("post", f"{BACKUP}/restores", _BACKUP_ID),
+        "DeleteBackup": ("delete", BACKUP, _BACKUP_ID),
+    },
+    ("post", f"{BACKUP}/restores", "202"): {
+        "GetRestore": ("get", "/v1/restores/{restore_id}", {"restore_id": "$response.body#/id"}),
+    },
+    ("post", CHECKPOINTS, "201"): {
+        "GetCheckpoint": ("get", f"{CHECKPOINTS}/{{name}}", _CHECKPOINT),
+        "DeleteCheckpoint": ("delete", f"{CHECKPOINTS}/{{name}}", _CHECKPOINT),
+    },
+}
 _SCHEMAS = "#/components/schemas/"
 _FASTAPI_VALIDATION = ("HTTPValidationError", "ValidationError")
 
@@ -58,7 +85,20 @@ def complete(spec: dict[str, Any], routes: Sequence[BaseRoute]) -> dict[str, Any
                 _complete_operation(spec["paths"][context.path_format][method.lower()], route)
     for name in _FASTAPI_VALIDATION:
         schemas.pop(name, None)
+    _add_links(spec["paths"])
     return spec
+
+
+def _add_links(paths: dict[str, Any]) -> None:
+    for (method, path, status), links in LINKS.items():
+        response = paths.get(path, {}).get(method, {}).get("responses", {}).get(status)
+        if response is None:
+            continue  # a route another build leaves out
+        response["links"] = {
+            name: {"operationId": paths[to_path][to_method]["operationId"], "parameters": params}
+            for name, (to_method, to_path, params) in links.items()
+            if to_method in paths.get(to_path, {})
+        }
 
 
 def _shared_codes(operation: dict[str, Any], route: APIRoute) -> dict[int, list[str]]:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 import hypothesis
 import hypothesis.strategies as st
@@ -44,6 +45,9 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi import checks as openapi_checks
 
+from tests.support.vms import TestVM, create_vm, destroy_vm
+
+T = TypeVar("T")
 PROBLEM_JSON = "application/problem+json"
 TOKEN = "fuzz-admin-token"
 # (method, path template) never generated: see the module docstring.
@@ -113,6 +117,30 @@ class Figures:
         return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def own_domain(workdir: Path) -> Iterator[TestVM]:
+    """The fuzz's throw-away domain, made and removed through fresh connections,
+    again until libvirtd answers (another test may restart it meanwhile)."""
+    vm = _until_libvirtd_answers(
+        lambda: create_vm(libvirt.open(LiveDomains.URI), workdir=workdir / "vms")
+    )
+    try:
+        yield vm
+    finally:
+        _until_libvirtd_answers(lambda: destroy_vm(libvirt.open(LiveDomains.URI), vm))
+
+
+def _until_libvirtd_answers(call: Callable[[], T]) -> T:
+    deadline = time.monotonic() + LiveDomains.RECONNECT_SECONDS
+    while True:
+        try:
+            return call()
+        except (libvirt.libvirtError, RuntimeError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -164,14 +192,20 @@ def _wait_until_live(base_url: str, server: subprocess.Popen[bytes]) -> None:
 
 class LiveDomains:
     """Names and UUIDs of the domains on the shared libvirtd but `own`, looked up
-    per case (other tests make and remove theirs all the time)."""
+    per case (other tests make and remove theirs all the time, and may restart
+    libvirtd: the connection is then opened again)."""
+
+    URI = "qemu:///system"
+    RECONNECT_SECONDS = 60
 
     def __init__(self, own: tuple[str, ...]) -> None:
-        self._conn = libvirt.open("qemu:///system")
+        self._conn: libvirt.virConnect | None = libvirt.open(self.URI)
         self._own = {_normal(ref) for ref in own}
 
     def close(self) -> None:
-        self._conn.close()
+        if self._conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                self._conn.close()
 
     def named_by(self, case: Case) -> bool:
         values = [
@@ -179,13 +213,22 @@ class LiveDomains:
             (case.query or {}).get("domain"),
         ]
         refs = {_normal(value) for value in values if value is not None}
-        if not refs:
-            return False
-        live = set()
-        for domain in self._conn.listAllDomains():
-            live.add(_normal(domain.name()))
-            live.add(_normal(domain.UUIDString()))
-        return bool(refs & (live - self._own))
+        return bool(refs) and bool(refs & (self._live() - self._own))
+
+    def _live(self) -> set[str]:
+        deadline = time.monotonic() + self.RECONNECT_SECONDS
+        while True:
+            try:
+                conn = self._conn or libvirt.open(self.URI)
+                self._conn = conn
+                domains = conn.listAllDomains()
+                return {_normal(ref) for d in domains for ref in (d.name(), d.UUIDString())}
+            except libvirt.libvirtError:
+                if time.monotonic() > deadline:
+                    raise
+                self.close()
+                self._conn = None
+                time.sleep(0.5)
 
 
 def _normal(value: object) -> str:
@@ -263,22 +306,74 @@ def _send(case: Case, base_url: str, figures: Figures, live: LiveDomains) -> Non
     if live.named_by(case):
         figures.skipped_live_domain += 1
         return
-    key = f"{case.method.upper()} {case.operation.path}"
-    # The admin token on every case (a generated Authorization header would only
-    # measure 401s); `ignored_auth` sends its own requests without it.
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    case.headers = {**(case.headers or {}), **headers}
+    _authorize(case)
     try:
         response = case.call(base_url=base_url, timeout=30)
     except requests.Timeout:
-        figures.fail("timeout", f"{key}: {case.as_curl_command()}")
+        figures.fail("timeout", f"{case.method.upper()} {case.operation.path}")
         return
+    _validate(case, response, figures)
+
+
+def _authorize(case: Case) -> None:
+    # The admin token on every case (a generated Authorization header would only
+    # measure 401s); `ignored_auth` sends its own requests without it.
+    case.headers = {**(case.headers or {}), "Authorization": f"Bearer {TOKEN}"}
+
+
+def _validate(case: Case, response: schemathesis.Response, figures: Figures) -> None:
+    key = f"{case.method.upper()} {case.operation.path}"
     figures.cases += 1
     figures.by_operation.setdefault(key, Counter())[response.status_code] += 1
     figures.statuses[response.status_code] += 1
     try:
-        case.validate_response(response, checks=CHECKS, headers=headers)
+        case.validate_response(response, checks=CHECKS, headers=case.headers)
     except (AssertionError, FailureGroup) as failure:
         for single in getattr(failure, "exceptions", None) or [failure]:
             title = getattr(single, "title", type(single).__name__)
             figures.fail(str(title), f"{key} -> {response.status_code}: {single}")
+
+
+# Never in a stateful scenario either: a backup's event stream lasts as long as the
+# backup, and a pull backup waits for its client (the ttl is hours).
+STATEFUL_EXCLUDED = {("GET", "/v1/backups/{backup_id}/events")}
+
+
+def fuzz_stateful(
+    base_url: str, *, scenarios: int, seed: int, own: tuple[str, str], figures: Figures
+) -> None:
+    """Scenarios along the OpenAPI links (start a backup on the fuzz's own domain,
+    then read, cancel, finish, restore or delete it; make a checkpoint, then read
+    or delete it), every step checked as in `fuzz`; adds to `figures`."""
+    names = [f"{method} {path}" for method, path in EXCLUDED | STATEFUL_EXCLUDED]
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json").exclude(name=names)
+    live = LiveDomains(own)
+
+    class Scenario(schema.as_state_machine()):  # type: ignore[misc]
+        def before_call(self, case: Case) -> None:
+            _steer(case, True, domain=own[0])
+            hypothesis.assume(not live.named_by(case))
+            _authorize(case)
+
+        def get_call_kwargs(self, case: Case) -> dict[str, Any]:
+            return {"base_url": base_url, "timeout": 30}
+
+        def validate_response(
+            self, response: schemathesis.Response, case: Case, *_: Any, **__: Any
+        ) -> None:
+            _validate(case, response, figures)
+
+    try:
+        Scenario.run(
+            settings=hypothesis.settings(
+                max_examples=scenarios,
+                stateful_step_count=8,
+                database=None,
+                deadline=None,
+                derandomize=False,
+                phases=[hypothesis.Phase.generate],
+                suppress_health_check=list(hypothesis.HealthCheck),
+            )
+        )
+    finally:
+        live.close()
