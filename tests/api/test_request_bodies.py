@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+import requests
 from fastapi import FastAPI
 
 from app.hosts.registry import HypervisorFactory
 from app.main import create_app
 from app.settings import Settings, TokenSetting
+from tests.support.fuzz import TOKEN as FUZZ_TOKEN
+from tests.support.fuzz import served_app
 
 CAP = 64 * 1024
 TOKENS = {"reader": "read", "boss": "admin"}
@@ -123,3 +127,24 @@ async def test_a_body_that_is_not_utf8_json_is_a_422_problem(
     response = await client.post("/v1/hosts", content=body, headers=headers)
     _assert_problem(response, 422, "invalid-request")
     assert response.json()["errors"][0]["field"].startswith("body")
+
+
+@pytest.mark.libvirt
+def test_a_real_server_cuts_a_chunked_upload_off_at_the_cap(tmp_path: Path) -> None:
+    # Through uvicorn, whose receive() hands the body over as it arrives, with no
+    # Content-Length to refuse it by. (A synchronous client sends all it has before
+    # it reads the answer, so what it sent says nothing here.)
+    def chunks() -> Iterator[bytes]:
+        for _ in range(32 * 1024):  # 32 MiB in 1 KiB chunks, far past the 1 MiB default
+            yield b" " * 1024
+
+    with served_app(tmp_path) as base_url:
+        url = f"{base_url}/v1/hosts"
+        headers = {"Authorization": f"Bearer {FUZZ_TOKEN}", "Content-Type": "application/json"}
+        try:
+            response = requests.post(url, data=chunks(), headers=headers, timeout=30)
+        except requests.ConnectionError:
+            pytest.fail("the server closed the connection without an answer")
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "payload-too-large"
