@@ -36,14 +36,11 @@ def main() -> int:
         with own_domain(Path(workdir)) as vm, served_app(Path(workdir)) as base_url:
             own = (vm.name, vm.uuid)
             figures = fuzz(base_url, cases_per_mode=args.cases_per_mode, seed=args.seed, own=own)
+            print("stateless:", figures.report(), sep="\n", flush=True)
             stateful = Figures()
-            fuzz_stateful(
-                base_url, scenarios=args.scenarios, seed=args.seed, own=own, figures=stateful
-            )
-        print("stateless:")
-        print(figures.report())
-        print("stateful (along the OpenAPI links):")
-        print(stateful.report())
+            scenarios = args.scenarios
+            fuzz_stateful(base_url, scenarios=scenarios, own=own, figures=stateful)
+            print("stateful (along the OpenAPI links):", stateful.report(), sep="\n")
         print(f"wall time: {time.monotonic() - started:.0f} s")
         failed = any(f.server_errors or f.failure_count for f in (figures, stateful))
         if failed:
