@@ -90,13 +90,17 @@ class Figures:
     cases: int = 0
     skipped_live_domain: int = 0
     batches_cut_short: int = 0
+    host_unreachable: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     by_operation: dict[str, Counter[int]] = field(default_factory=dict)
     failures: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def server_errors(self) -> int:
-        return sum(count for status, count in self.statuses.items() if status >= 500)
+        """5xx answers, but 503 `host-unreachable`: the documented answer while
+        libvirtd is away (other tests on this machine restart it)."""
+        all_5xx = sum(count for status, count in self.statuses.items() if status >= 500)
+        return all_5xx - self.host_unreachable
 
     @property
     def failure_count(self) -> int:
@@ -112,7 +116,8 @@ class Figures:
             f"(skipped, naming a live domain: {self.skipped_live_domain}; "
             f"stateful batches cut short by a moving server: {self.batches_cut_short})",
             f"statuses: {statuses}",
-            f"5xx responses: {self.server_errors}",
+            f"5xx responses: {self.server_errors} (and 503 host-unreachable while libvirtd "
+            f"was restarted by another test: {self.host_unreachable})",
             f"check failures: {self.failure_count}",
             "by operation:",
         ]
@@ -333,12 +338,24 @@ def _validate(case: Case, response: schemathesis.Response, figures: Figures) -> 
     figures.cases += 1
     figures.by_operation.setdefault(key, Counter())[response.status_code] += 1
     figures.statuses[response.status_code] += 1
+    checks = CHECKS
+    if _libvirtd_away(response):
+        figures.host_unreachable += 1
+        checks = [check for check in CHECKS if check is not not_a_server_error]
     try:
-        case.validate_response(response, checks=CHECKS, headers=case.headers)
+        case.validate_response(response, checks=checks, headers=case.headers)
     except (AssertionError, FailureGroup) as failure:
         for single in getattr(failure, "exceptions", None) or [failure]:
             title = getattr(single, "title", type(single).__name__)
             figures.fail(str(title), f"{key} -> {response.status_code}: {single}")
+
+
+def _libvirtd_away(response: schemathesis.Response) -> bool:
+    if response.status_code != 503:
+        return False
+    with contextlib.suppress(ValueError):
+        return bool(json.loads(response.content).get("code") == "host-unreachable")
+    return False
 
 
 SCENARIOS_PER_BATCH = 5
