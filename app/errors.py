@@ -172,3 +172,42 @@ class IdempotencyInProgress(RetryLater):
     status = 409
     code = "idempotency-in-progress"
     title = "Idempotency key in use by a request in progress"
+
+
+class UriNotAllowed(AppError):
+    """A host URI outside the allow-list (app/hosts/uris.py); libvirt was not called."""
+
+    status = 422
+    code = "uri-not-allowed"
+    title = "URI not allowed"
+
+
+class PayloadTooLarge(AppError):
+    status = 413
+    code = "payload-too-large"
+    title = "Payload too large"
+
+
+class ServiceUnavailable(RetryLater):
+    """Something the service itself needs (the database) does not answer."""
+
+    status = 503
+    code = "service-unavailable"
+    title = "Service unavailable"
+
+
+class HypervisorUnsupported(HypervisorError):
+    """libvirt says the domain or its driver cannot do what was asked (quiesce with
+    no guest agent, a disk format without bitmaps): the request's cause, not a fault."""
+
+    status = 409
+    code = "operation-unsupported"
+    title = "Not supported by the domain"
+
+
+class HypervisorInvalidState(HypervisorError):
+    """libvirt says the domain's present state does not allow the operation."""
+
+    status = 409
+    code = "invalid-state"
+    title = "Invalid state"

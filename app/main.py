@@ -17,11 +17,13 @@ from app.api import (
     events,
     health,
     hosts,
+    openapi,
     policies,
     problems,
     restores,
 )
 from app.api.admin import router as admin_router
+from app.api.middleware import BodyLimit, LoopbackOnly
 from app.api.state import AppState
 from app.db.session import Database
 from app.hosts.registry import HostRegistry, HypervisorFactory
@@ -40,7 +42,8 @@ with the lineage of checkpoints and backups kept in a database.
 Errors are RFC 9457 `application/problem+json` with a stable `code`.
 Authentication: `Authorization: Bearer <token>`; scopes are ordered, `admin`
 includes `operate`, which includes `read`. With no token configured the service
-only listens on loopback and lets every request through.
+serves loopback clients only (403 for any other) and lets their requests through.
+Request bodies are capped (413 `payload-too-large`).
 """
 
 
@@ -95,6 +98,10 @@ def create_app(
         description=DESCRIPTION,
         lifespan=_lifespan(settings, hypervisor_factory, request_metrics),
     )
+    # Outermost last: metrics count every answer, refusals included; a client off
+    # loopback is refused before its body is read.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(LoopbackOnly, settings=settings)
     app.add_middleware(RequestMetrics, registry=request_metrics)
     problems.install(app)
     app.include_router(health.router)
@@ -107,6 +114,7 @@ def create_app(
     app.include_router(policies.router)
     app.include_router(admin_router)
     app.include_router(status_page)
+    openapi.install(app)
     return app
 
 

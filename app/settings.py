@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.db.urls import async_database_url
+from app.hosts.uris import OPERATOR_PARAMETERS, UriRefused, check_host_uri
 
 Scope = Literal["read", "operate", "admin"]
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -69,6 +70,9 @@ class Settings(BaseSettings):
     # A pull export over plain TCP on a non-loopback address lets anyone on that
     # network read the disk: refused unless the operator says the network is trusted.
     allow_plain_tcp_exports: bool = False
+    # Security
+    allow_tcp_hosts: bool = False
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     @field_validator("tokens", mode="before")
     @classmethod
@@ -96,6 +100,16 @@ class Settings(BaseSettings):
                 f"DEFAULT_PULL_TTL_SECONDS ({self.default_pull_ttl_seconds}) exceeds "
                 f"MAX_PULL_TTL_SECONDS ({self.max_pull_ttl_seconds})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _local_uri_allowed(self) -> Settings:
+        try:
+            check_host_uri(
+                self.libvirt_uri, allow_tcp=self.allow_tcp_hosts, parameters=OPERATOR_PARAMETERS
+            )
+        except UriRefused as refused:
+            raise ValueError(f"VMBACKUP_LIBVIRT_URI is not allowed: {refused}") from None
         return self
 
     @model_validator(mode="after")

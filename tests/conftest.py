@@ -78,6 +78,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         libvirt_uri=os.environ.get("VMBACKUP_TEST_LIBVIRT_URI", "qemu:///system"),
         socket_root=tmp_path / "run",
         tokens=[],
+        allow_tcp_hosts=True,  # tests register qemu+tcp://127.0.0.1/system
         lease_seconds=6,
         poll_seconds=0.2,
     )

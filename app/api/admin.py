@@ -12,8 +12,9 @@ from pydantic import BaseModel
 from app import orphans
 from app.api.deps import AdminDep, SessionDep, SettingsDep
 from app.api.problems import problem_responses
+from app.api.routing import AuthFirstRoute
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], route_class=AuthFirstRoute)
 
 
 class OrphanOut(BaseModel):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -35,9 +36,29 @@ class Principal:
 ANONYMOUS = Principal("anonymous", frozenset(_RANK))
 
 
+def is_loopback_client(client: tuple[str, int] | None) -> bool:
+    """Whether the socket peer is this machine. No peer address is a unix socket,
+    which only this machine can reach (its file mode says who)."""
+    if client is None:
+        return True
+    try:
+        address = ipaddress.ip_address(client[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
 def authenticate(request: Request, settings: Settings) -> Principal:
     if not settings.tokens:
-        return ANONYMOUS  # loopback only: Settings refuses any other address
+        # Everyone is admin, so only this machine may ask: `LoopbackOnly` refuses
+        # the rest before routing; checked again here in case a route is reached
+        # some other way.
+        client = request.client
+        if not is_loopback_client(None if client is None else (client.host, client.port)):
+            raise Forbidden("no tokens are configured: only loopback clients are served")
+        return ANONYMOUS
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("a bearer token is required")

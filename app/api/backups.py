@@ -18,13 +18,35 @@ from app.api.deps import (
     StateDep,
 )
 from app.api.idempotency import IdempotencyKeyHeader
+from app.api.params import DomainPath, DomainQuery, HostPath, HostQuery
 from app.api.problems import problem_responses
 from app.api.responses import accepted
+from app.api.routing import AuthFirstRoute
 from app.api.state import AppState
 from app.backups import service
 from app.backups.schemas import BackupCreate, BackupList, BackupOut, ChainOut
+from app.errors import (
+    BackupNotFound,
+    BaseCheckpointMissing,
+    ChainBroken,
+    CheckpointNotFound,
+    DomainNotFound,
+    DomainNotRunning,
+    HostNotFound,
+    HostUnreachable,
+    HypervisorError,
+    HypervisorInvalidState,
+    HypervisorUnsupported,
+    IdempotencyConflict,
+    InsufficientStorage,
+    InvalidRequest,
+    InvalidState,
+    LimitReached,
+    PathNotAllowed,
+    UnknownDisk,
+)
 
-router = APIRouter(tags=["backups"])
+router = APIRouter(tags=["backups"], route_class=AuthFirstRoute)
 StatusFilter = Literal[
     "queued", "starting", "running", "ready", "finishing", "succeeded", "failed", "cancelled"
 ]
@@ -38,7 +60,25 @@ def _accepted(state: AppState, session: AsyncSession, backup: BackupOut) -> JSON
     "/v1/hosts/{host}/domains/{domain}/backups",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BackupOut,
-    responses=problem_responses(401, 403, 404, 409, 422, 429, 503, 507),
+    responses=problem_responses(
+        HostNotFound,
+        DomainNotFound,
+        CheckpointNotFound,
+        BaseCheckpointMissing,
+        DomainNotRunning,
+        ChainBroken,
+        InvalidState,
+        InvalidRequest,
+        UnknownDisk,
+        PathNotAllowed,
+        IdempotencyConflict,
+        HypervisorError,
+        HypervisorUnsupported,
+        HypervisorInvalidState,
+        HostUnreachable,
+        LimitReached,
+        InsufficientStorage,
+    ),
     description="Starts a backup: validated against live libvirt, planned, and queued; a "
     "worker runs it. A second backup of a domain waits as `queued` until the first ends. "
     "The same `Idempotency-Key` and body within 24 h returns the first response again. "
@@ -47,8 +87,8 @@ def _accepted(state: AppState, session: AsyncSession, backup: BackupOut) -> JSON
     "a `tcp` export off loopback needs `tls` unless `ALLOW_PLAIN_TCP_EXPORTS` (else 422).",
 )
 async def start_backup(
-    host: str,
-    domain: str,
+    host: HostPath,
+    domain: DomainPath,
     body: BackupCreate,
     request: Request,
     principal: OperateDep,
@@ -75,15 +115,15 @@ async def start_backup(
 
 @router.get(
     "/v1/backups",
-    responses=problem_responses(401, 403, 422),
+    responses=problem_responses(InvalidRequest),
     description="Newest first. `cursor` is opaque and keyset-based: pages stay stable while "
     "backups are added.",
 )
 async def list_backups(
     _: ReadDep,
     session: SessionDep,
-    host: str | None = None,
-    domain: Annotated[str | None, Query(description="domain name or UUID")] = None,
+    host: HostQuery = None,
+    domain: DomainQuery = None,
     status_filter: Annotated[StatusFilter | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=512, pattern=r"^[A-Za-z0-9_-]+$")] = None,
@@ -92,7 +132,7 @@ async def list_backups(
     return await service.list_backups(session, filters=filters, limit=limit, cursor=cursor)
 
 
-@router.get("/v1/backups/{backup_id}", responses=problem_responses(401, 403, 404, 422))
+@router.get("/v1/backups/{backup_id}", responses=problem_responses(BackupNotFound))
 async def get_backup(backup_id: uuid.UUID, _: ReadDep, session: SessionDep) -> BackupOut:
     return service.backup_out(await service.get_backup(session, backup_id))
 
@@ -101,7 +141,7 @@ async def get_backup(backup_id: uuid.UUID, _: ReadDep, session: SessionDep) -> B
     "/v1/backups/{backup_id}/finish",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BackupOut,
-    responses=problem_responses(401, 403, 404, 409),
+    responses=problem_responses(BackupNotFound, InvalidState),
     description="Pull only, in `ready`: the client has read what it needs; the service ends "
     "the libvirt job and the backup becomes `succeeded`. Else 409 `invalid-state`.",
 )
@@ -134,7 +174,7 @@ async def verify_backup(
     "/v1/backups/{backup_id}/cancel",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BackupOut,
-    responses=problem_responses(401, 403, 404, 409),
+    responses=problem_responses(BackupNotFound, InvalidState),
     description="A `queued` backup is cancelled at once; an active one has its libvirt job "
     "aborted, then becomes `cancelled`. A terminal one: 409 `invalid-state`.",
 )
@@ -147,7 +187,7 @@ async def cancel_backup(
 
 @router.get(
     "/v1/backups/{backup_id}/chain",
-    responses=problem_responses(401, 403, 404, 409),
+    responses=problem_responses(BackupNotFound, ChainBroken),
     description="Each disk's links from its full backup to this one, oldest first. For push "
     "backups the files form a qcow2 backing chain: the newest opens on its own and reads the "
     "disk as it was at this backup. 409 `chain-broken` names the first missing link (a "
@@ -160,7 +200,7 @@ async def get_chain(backup_id: uuid.UUID, _: ReadDep, session: SessionDep) -> Ch
 @router.delete(
     "/v1/backups/{backup_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(401, 403, 404, 409),
+    responses=problem_responses(BackupNotFound, InvalidState),
     description="Deletes a terminal backup, the files it made (never a `reuse_external` file "
     "nor another backup's) and its restores with their files. 409 `invalid-state` while it "
     "is active, while one of its restores runs, or while a later backup's chain needs it, "

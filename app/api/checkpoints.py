@@ -2,34 +2,59 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path, Request, status
+from fastapi import APIRouter, Request, status
 from fastapi.responses import JSONResponse
 
 from app.api import idempotency
 from app.api.deps import AdminDep, HostsDep, OperateDep, ReadDep, SessionDep
 from app.api.idempotency import IdempotencyKeyHeader
+from app.api.params import CheckpointPath, DomainPath, HostPath
 from app.api.problems import problem_responses
+from app.api.routing import AuthFirstRoute
 from app.checkpoints import service
 from app.checkpoints.reconcile import ReconcileResult, reconcile
 from app.checkpoints.schemas import CheckpointCreate, CheckpointList, CheckpointOut
-from app.names import NAME_REGEX
+from app.errors import (
+    CheckpointNotFound,
+    DomainNotFound,
+    DomainNotRunning,
+    HostNotFound,
+    HostUnreachable,
+    HypervisorError,
+    HypervisorInvalidState,
+    HypervisorUnsupported,
+    IdempotencyConflict,
+    InvalidRequest,
+    InvalidState,
+    UnknownDisk,
+)
 
-router = APIRouter(prefix="/v1/hosts/{host}/domains/{domain}/checkpoints", tags=["checkpoints"])
-CheckpointName = Annotated[str, Path(pattern=NAME_REGEX)]
+router = APIRouter(
+    prefix="/v1/hosts/{host}/domains/{domain}/checkpoints",
+    tags=["checkpoints"],
+    route_class=AuthFirstRoute,
+)
+# Every route here asks libvirt about the domain.
+_LIBVIRT = (
+    HostNotFound,
+    DomainNotFound,
+    HostUnreachable,
+    HypervisorError,
+    HypervisorUnsupported,
+    HypervisorInvalidState,
+)
 
 
 @router.get(
     "",
-    responses=problem_responses(401, 403, 404, 503),
+    responses=problem_responses(*_LIBVIRT),
     description="The stored lineage merged with libvirt's live list, parents before children. "
     "A recorded checkpoint libvirt lacks shows `in_libvirt: false` (and `missing` until a "
     "reconcile redefines it or finds it `broken`); one made outside the service shows with "
     "`backup_id: null`. Sizes are null here: ask for one checkpoint.",
 )
 async def list_checkpoints(
-    host: str, domain: str, _: ReadDep, hosts: HostsDep, session: SessionDep
+    host: HostPath, domain: DomainPath, _: ReadDep, hosts: HostsDep, session: SessionDep
 ) -> CheckpointList:
     return await service.list_checkpoints(session, hosts.get(host), domain)
 
@@ -38,14 +63,21 @@ async def list_checkpoints(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=CheckpointOut,
-    responses=problem_responses(401, 403, 404, 409, 422, 502, 503),
+    responses=problem_responses(
+        *_LIBVIRT,
+        DomainNotRunning,
+        InvalidState,
+        InvalidRequest,
+        UnknownDisk,
+        IdempotencyConflict,
+    ),
     description="409 `domain-not-running`, or `invalid-state` for a name the domain has "
     "(in libvirt or recorded); 422 `unknown-disk`. The same `Idempotency-Key` and body "
     "within 24 h returns the first response again.",
 )
 async def create_checkpoint(
-    host: str,
-    domain: str,
+    host: HostPath,
+    domain: DomainPath,
     body: CheckpointCreate,
     request: Request,
     principal: OperateDep,
@@ -73,7 +105,7 @@ async def create_checkpoint(
 
 @router.post(
     "/reconcile",
-    responses=problem_responses(401, 403, 404, 409, 503),
+    responses=problem_responses(*_LIBVIRT, DomainNotRunning, InvalidState),
     description="Redefines (REDEFINE_VALIDATE, parents first, from the stored XML) a "
     "checkpoint libvirt lost while its bitmaps remain, imports checkpoints made outside "
     "the service, follows libvirt's lineage, and marks broken, with the reason, a "
@@ -81,8 +113,8 @@ async def create_checkpoint(
     "libvirt validates bitmaps only then. `dry_run` reports and changes nothing.",
 )
 async def reconcile_checkpoints(
-    host: str,
-    domain: str,
+    host: HostPath,
+    domain: DomainPath,
     _: OperateDep,
     hosts: HostsDep,
     session: SessionDep,
@@ -96,12 +128,17 @@ async def reconcile_checkpoints(
 
 @router.get(
     "/{name}",
-    responses=problem_responses(401, 403, 404, 422, 503),
+    responses=problem_responses(*_LIBVIRT, CheckpointNotFound),
     description="With each disk's `size_bytes` while the domain runs and no backup job is "
     "active (libvirt's size query needs a domain job); null otherwise.",
 )
 async def get_checkpoint(
-    host: str, domain: str, name: CheckpointName, _: ReadDep, hosts: HostsDep, session: SessionDep
+    host: HostPath,
+    domain: DomainPath,
+    name: CheckpointPath,
+    _: ReadDep,
+    hosts: HostsDep,
+    session: SessionDep,
 ) -> CheckpointOut:
     return await service.get_checkpoint(session, hosts.get(host), domain, name)
 
@@ -109,16 +146,16 @@ async def get_checkpoint(
 @router.delete(
     "/{name}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(401, 403, 404, 409, 422, 502, 503),
+    responses=problem_responses(*_LIBVIRT, CheckpointNotFound, InvalidState),
     description="libvirt merges the bitmap into the parent's; the stored lineage re-parents "
     "the children, or with `children` loses the subtree. `metadata_only` leaves the bitmaps "
     "in the disks (needed for a broken one, and for a domain that is not running) and the "
     "service forgets the checkpoint. 409 `invalid-state` while an unfinished backup uses it.",
 )
 async def delete_checkpoint(
-    host: str,
-    domain: str,
-    name: CheckpointName,
+    host: HostPath,
+    domain: DomainPath,
+    name: CheckpointPath,
     _: AdminDep,
     hosts: HostsDep,
     session: SessionDep,

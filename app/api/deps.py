@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import Principal, authenticate, authorize
@@ -54,7 +55,27 @@ def require(scope: Scope) -> Callable[[Principal], Awaitable[Principal]]:
         authorize(principal, scope)
         return principal
 
+    # Read by `app.api.routing` (auth before the body) and the OpenAPI (security).
+    check.required_scope = scope  # type: ignore[attr-defined]
     return check
+
+
+def required_scope(dependant: Dependant) -> Scope | None:
+    """The scope a route's dependencies require, if any."""
+    for dependency in dependant.dependencies:
+        scope: Scope | None = getattr(dependency.call, "required_scope", None)
+        if scope is None:
+            scope = required_scope(dependency)
+        if scope is not None:
+            return scope
+    return None
+
+
+def uses_database(dependant: Dependant) -> bool:
+    return any(
+        dependency.call is get_session or uses_database(dependency)
+        for dependency in dependant.dependencies
+    )
 
 
 ReadDep = Annotated[Principal, Depends(require("read"))]

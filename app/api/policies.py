@@ -13,6 +13,7 @@ from app.api.deps import AdminDep, HostsDep, OperateDep, ReadDep, SessionDep, Se
 from app.api.idempotency import IdempotencyKeyHeader
 from app.api.problems import problem_responses
 from app.api.responses import accepted
+from app.api.routing import AuthFirstRoute
 from app.db.base import utcnow
 from app.policies import scheduler, service
 from app.policies.schemas import (
@@ -23,7 +24,7 @@ from app.policies.schemas import (
     PolicyUpdate,
 )
 
-router = APIRouter(prefix="/v1/policies", tags=["policies"])
+router = APIRouter(prefix="/v1/policies", tags=["policies"], route_class=AuthFirstRoute)
 PolicyId = uuid.UUID
 
 

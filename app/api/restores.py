@@ -12,17 +12,36 @@ from app.api.deps import AdminDep, OperateDep, ReadDep, SessionDep, SettingsDep,
 from app.api.idempotency import IdempotencyKeyHeader
 from app.api.problems import problem_responses
 from app.api.responses import accepted
+from app.api.routing import AuthFirstRoute
+from app.errors import (
+    BackupNotFound,
+    ChainBroken,
+    IdempotencyConflict,
+    InsufficientStorage,
+    InvalidState,
+    LimitReached,
+    RestoreNotFound,
+    UnknownDisk,
+)
 from app.restores import service
 from app.restores.schemas import RestoreCreate, RestoreOut
 
-router = APIRouter(tags=["restores"])
+router = APIRouter(tags=["restores"], route_class=AuthFirstRoute)
 
 
 @router.post(
     "/v1/backups/{backup_id}/restores",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=RestoreOut,
-    responses=problem_responses(401, 403, 404, 409, 422, 429, 507),
+    responses=problem_responses(
+        BackupNotFound,
+        InvalidState,
+        ChainBroken,
+        UnknownDisk,
+        IdempotencyConflict,
+        LimitReached,
+        InsufficientStorage,
+    ),
     description="Writes one standalone image per disk (default: every disk the backup holds), "
     "the disk as it was at this backup, under the restore root; run by the worker pool. "
     "Succeeded push backups only (409 `invalid-state`); 409 `chain-broken` when a file of the "
@@ -53,7 +72,7 @@ async def create_restore(
     )
 
 
-@router.get("/v1/restores/{restore_id}", responses=problem_responses(401, 403, 404, 422))
+@router.get("/v1/restores/{restore_id}", responses=problem_responses(RestoreNotFound))
 async def get_restore(restore_id: uuid.UUID, _: ReadDep, session: SessionDep) -> RestoreOut:
     return service.restore_out(await service.get_restore(session, restore_id))
 

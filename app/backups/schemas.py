@@ -8,18 +8,22 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.names import Name
+from app.names import FreeText, Name, PathText
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: no unknown field, and no coercion (`true` is not 1, `1` is
+    not `true`, `"5"` is not 5). Request bodies hold no UUID or time, which strict
+    mode would refuse as strings."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Storage(StrictModel):
     """`{"file": path}` or `{"dev": path}`, as in libvirt's `<target>`/`<scratch>`."""
 
-    file: str | None = Field(default=None, max_length=4096)
-    dev: str | None = Field(default=None, max_length=4096)
+    file: PathText | None = None
+    dev: PathText | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
@@ -53,7 +57,7 @@ class DiskSpecIn(StrictModel):
 
 class ServerIn(StrictModel):
     transport: Literal["unix", "tcp"] = "unix"
-    socket: str | None = Field(default=None, max_length=108)
+    socket: PathText | None = Field(default=None, max_length=108)
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.:_-]{1,253}$")
     port: int | None = Field(default=None, ge=1, le=65535)
     tls: bool = False
@@ -69,7 +73,7 @@ class ServerIn(StrictModel):
 
 class CheckpointIn(StrictModel):
     name: Name | None = None
-    description: str | None = Field(default=None, max_length=1024)
+    description: FreeText | None = None
 
 
 class BackupCreate(StrictModel):
@@ -82,7 +86,7 @@ class BackupCreate(StrictModel):
     quiesce: bool = False
     reuse_external: bool = False
     ttl_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
-    description: str | None = Field(default=None, max_length=1024)
+    description: FreeText | None = None
     verify: bool = Field(
         default=False,
         description="push only: record each disk's content digest as the backup completes, "

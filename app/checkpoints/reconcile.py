@@ -71,13 +71,22 @@ async def reconcile(
     return run.result
 
 
+async def job_in_flux(hypervisor: Hypervisor, domain_uuid: str) -> bool:
+    """Whether a domain job runs, or is starting or ending: libvirt then fails the
+    stats query itself ("backup job data missing") rather than answer."""
+    try:
+        return (await hypervisor.job_stats(domain_uuid)).active
+    except HypervisorError:
+        return True
+
+
 async def _lost_bitmaps(
     hypervisor: Hypervisor, domain_uuid: str, live: list[CheckpointInfo]
 ) -> dict[str, str] | None:
     """Why each checkpoint in libvirt lacks a bitmap in QEMU; None when not probed:
     the size query runs a domain job, which waits behind a backup's (1.4 s seen
     behind a push), and a backup start must stay quick."""
-    if (await hypervisor.job_stats(domain_uuid)).active:
+    if await job_in_flux(hypervisor, domain_uuid):
         return None
     lost: dict[str, str] = {}
     for cp in live:

@@ -8,23 +8,23 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.names import Name
+from app.names import FreeText, Name
 
 CheckpointState = Literal["ok", "missing", "broken"]
 
 
 class CheckpointDiskIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: Name
     checkpoint: Literal["bitmap", "no"] = "bitmap"
 
 
 class CheckpointCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: Name | None = None
-    description: str | None = Field(default=None, max_length=1024)
+    description: FreeText | None = None
     disks: list[CheckpointDiskIn] | None = Field(
         default=None,
         min_length=1,
@@ -34,7 +34,7 @@ class CheckpointCreate(BaseModel):
     quiesce: bool = Field(
         default=False,
         description="Freeze the guest's file systems through its agent while the checkpoint "
-        "is taken; a domain without a guest agent answers `libvirt-error`.",
+        "is taken; a domain without a guest agent answers 409 `operation-unsupported`.",
     )
 
     @model_validator(mode="after")

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.checkpoints import repository
 from app.checkpoints.lineage import descendants, parents_first
+from app.checkpoints.reconcile import job_in_flux
 from app.checkpoints.schemas import (
     CheckpointCreate,
     CheckpointDiskOut,
@@ -119,7 +120,7 @@ async def get_checkpoint(
 async def _sizes(hypervisor: Hypervisor, domain: DomainInfo, name: str) -> Sizes | None:
     """Null sizes, not an error, when libvirt cannot tell now: the size query needs
     the domain running and a domain job, which a backup job holds."""
-    if not domain.active or (await hypervisor.job_stats(domain.uuid)).active:
+    if not domain.active or await job_in_flux(hypervisor, domain.uuid):
         return None
     try:
         return await hypervisor.checkpoint_sizes(domain.uuid, name)

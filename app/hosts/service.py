@@ -6,10 +6,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import ACTIVE_STATUSES, Backup, BackupStatus, Host
-from app.errors import InvalidState
+from app.errors import InvalidState, UriNotAllowed
 from app.hosts.registry import LOCAL_HOST, HostRegistry
 from app.hosts.schemas import HostCreate, HostOut
+from app.hosts.uris import UriRefused, check_host_uri
 from app.hypervisor import Hypervisor
+from app.redact import redact_paths
 
 
 def host_out(host: Hypervisor) -> HostOut:
@@ -20,7 +22,8 @@ def host_out(host: Hypervisor) -> HostOut:
         state="connected" if status.connected else "disconnected",
         libvirt_version=status.info.libvirt_version if status.info else None,
         hypervisor_version=status.info.hypervisor_version if status.info else None,
-        error=status.error,
+        # libvirt's reason can quote a path on the service's host: kept in the log only.
+        error=None if status.error is None else redact_paths(status.error),
         checked_at=status.checked_at,
     )
 
@@ -33,7 +36,21 @@ async def load_hosts(session: AsyncSession, registry: HostRegistry, local_uri: s
             await registry.add(row.name, row.uri)
 
 
-async def add_host(session: AsyncSession, registry: HostRegistry, body: HostCreate) -> Hypervisor:
+def allowed_uri(uri: str, *, allow_tcp: bool) -> str:
+    """The URI when it is on the allow-list, else 422 `uri-not-allowed`."""
+    try:
+        return check_host_uri(uri, allow_tcp=allow_tcp)
+    except UriRefused as refused:
+        reason = str(refused)
+        raise UriNotAllowed(
+            f"host URI refused: {reason}", errors=[{"field": "body.uri", "message": reason}]
+        ) from None
+
+
+async def add_host(
+    session: AsyncSession, registry: HostRegistry, body: HostCreate, *, allow_tcp: bool
+) -> Hypervisor:
+    allowed_uri(body.uri, allow_tcp=allow_tcp)  # before anything reaches libvirt
     if body.name in registry or await session.get(Host, body.name) is not None:
         raise InvalidState(f"host {body.name} already exists")
     session.add(Host(name=body.name, uri=body.uri))

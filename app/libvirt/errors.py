@@ -1,6 +1,11 @@
-"""libvirt errors mapped to the service's own, keeping libvirt's code and message."""
+"""libvirt errors mapped to the service's own, keeping libvirt's code.
+
+The message a client sees has its host paths redacted (libvirt names the files
+it failed on, and some errors quote what it read); the full one is logged."""
 
 from __future__ import annotations
+
+import logging
 
 import libvirt
 
@@ -10,7 +15,12 @@ from app.errors import (
     DomainNotFound,
     HostUnreachable,
     HypervisorError,
+    HypervisorInvalidState,
+    HypervisorUnsupported,
 )
+from app.redact import redact_paths
+
+log = logging.getLogger(__name__)
 
 _CONNECTION_LOST = {
     libvirt.VIR_ERR_NO_CONNECT,
@@ -18,14 +28,30 @@ _CONNECTION_LOST = {
     libvirt.VIR_ERR_RPC,
 }
 
+# Causes the request brought (what it asked of this domain), not faults: 409.
+_UNSUPPORTED = {
+    libvirt.VIR_ERR_NO_SUPPORT,
+    libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
+    libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+    libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
+    libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
+    libvirt.VIR_ERR_AGENT_UNSYNCED,
+}
+
 
 def map_libvirt_error(error: libvirt.libvirtError, host: str) -> AppError:
     code = error.get_error_code()
-    message = error.get_error_message() or str(error)
+    full = error.get_error_message() or str(error)
+    log.info("host %s: libvirt error %s: %s", host, code, full)
+    message = redact_paths(full)
     if code == libvirt.VIR_ERR_NO_DOMAIN:
         return DomainNotFound(message, libvirt_code=code)
     if code == libvirt.VIR_ERR_NO_DOMAIN_CHECKPOINT:
         return CheckpointNotFound(message, libvirt_code=code)
     if code in _CONNECTION_LOST:
         return HostUnreachable(f"host {host}: {message}", libvirt_code=code)
+    if code in _UNSUPPORTED:
+        return HypervisorUnsupported(f"libvirt error {code}: {message}", libvirt_code=code)
+    if code == libvirt.VIR_ERR_OPERATION_INVALID:
+        return HypervisorInvalidState(f"libvirt error {code}: {message}", libvirt_code=code)
     return HypervisorError(f"libvirt error {code}: {message}", libvirt_code=code)

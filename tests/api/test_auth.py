@@ -10,6 +10,7 @@ from app.hosts.registry import HypervisorFactory
 from app.main import create_app
 from app.settings import Settings, TokenSetting
 
+REMOTE_URI = "qemu+tcp://127.0.0.1/system"
 TOKENS = {"reader": ["read"], "operator": ["operate"], "boss": ["admin"]}
 
 
@@ -49,7 +50,7 @@ async def test_a_wrong_token_is_401(client: httpx.AsyncClient) -> None:
 async def test_read_scope_lists_but_cannot_administer(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v1/hosts", headers=_auth("reader"))).status_code == 200
     response = await client.post(
-        "/v1/hosts", json={"name": "h2", "uri": "test:///default"}, headers=_auth("reader")
+        "/v1/hosts", json={"name": "h2", "uri": REMOTE_URI}, headers=_auth("reader")
     )
     assert response.status_code == 403
     assert response.json()["code"] == "forbidden"
@@ -64,7 +65,7 @@ async def test_operate_scope_cannot_delete_a_host(client: httpx.AsyncClient) -> 
 async def test_admin_scope_includes_read_and_admin(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v1/hosts", headers=_auth("boss"))).status_code == 200
     response = await client.post(
-        "/v1/hosts", json={"name": "h2", "uri": "test:///default"}, headers=_auth("boss")
+        "/v1/hosts", json={"name": "h2", "uri": REMOTE_URI}, headers=_auth("boss")
     )
     assert response.status_code == 201
 
