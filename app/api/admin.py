@@ -32,7 +32,7 @@ class OrphanList(BaseModel):
 
 @router.get(
     "/v1/admin/orphans",
-    responses=problem_responses(401, 403),
+    responses=problem_responses(),
     description="Entries under the backup, scratch and restore roots that no backup or "
     "restore names (files, links, empty directories), for an operator to remove; "
     "`vmbackup orphans --delete` removes them. Links are listed, never followed.",

@@ -38,6 +38,7 @@ from app.errors import (
     HypervisorInvalidState,
     HypervisorUnsupported,
     IdempotencyConflict,
+    IdempotencyInProgress,
     InsufficientStorage,
     InvalidRequest,
     InvalidState,
@@ -72,6 +73,7 @@ def _accepted(state: AppState, session: AsyncSession, backup: BackupOut) -> JSON
         UnknownDisk,
         PathNotAllowed,
         IdempotencyConflict,
+        IdempotencyInProgress,
         HypervisorError,
         HypervisorUnsupported,
         HypervisorInvalidState,
@@ -156,7 +158,7 @@ async def finish_backup(
     "/v1/backups/{backup_id}/verify",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BackupOut,
-    responses=problem_responses(401, 403, 404, 409),
+    responses=problem_responses(BackupNotFound, InvalidState),
     description="Succeeded push backups only (else 409 `invalid-state`): a worker re-reads "
     "the backup's chain, `qemu-img check` of each file and then the content digest against "
     "the one recorded when it completed (`verify: true`; without one, the digest is recorded "

@@ -24,6 +24,7 @@ from app.errors import (
     HypervisorInvalidState,
     HypervisorUnsupported,
     IdempotencyConflict,
+    IdempotencyInProgress,
     InvalidRequest,
     InvalidState,
     UnknownDisk,
@@ -70,6 +71,7 @@ async def list_checkpoints(
         InvalidRequest,
         UnknownDisk,
         IdempotencyConflict,
+        IdempotencyInProgress,
     ),
     description="409 `domain-not-running`, or `invalid-state` for a name the domain has "
     "(in libvirt or recorded); 422 `unknown-disk`. The same `Idempotency-Key` and body "

@@ -15,6 +15,14 @@ from app.api.problems import problem_responses
 from app.api.responses import accepted
 from app.api.routing import AuthFirstRoute
 from app.db.base import utcnow
+from app.errors import (
+    HostNotFound,
+    IdempotencyConflict,
+    IdempotencyInProgress,
+    InvalidRequest,
+    InvalidState,
+    PolicyNotFound,
+)
 from app.policies import scheduler, service
 from app.policies.schemas import (
     PolicyCreate,
@@ -28,7 +36,7 @@ router = APIRouter(prefix="/v1/policies", tags=["policies"], route_class=AuthFir
 PolicyId = uuid.UUID
 
 
-@router.get("", responses=problem_responses(401, 403), summary="List policies")
+@router.get("", responses=problem_responses(), summary="List policies")
 async def list_policies(_: ReadDep, session: SessionDep) -> PolicyList:
     return PolicyList(items=[service.policy_out(p) for p in await service.list_policies(session)])
 
@@ -37,7 +45,9 @@ async def list_policies(_: ReadDep, session: SessionDep) -> PolicyList:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=PolicyOut,
-    responses=problem_responses(401, 403, 404, 409, 422),
+    responses=problem_responses(
+        HostNotFound, InvalidState, InvalidRequest, IdempotencyConflict, IdempotencyInProgress
+    ),
     summary="Create a policy",
     description="`schedule.cron` has five fields, or six with seconds last; it is read in "
     "`schedule.timezone`. Each run backs up every selected domain with `kind: auto` (a full "
@@ -69,14 +79,14 @@ async def create_policy(
     )
 
 
-@router.get("/{policy_id}", responses=problem_responses(401, 403, 404), summary="Get a policy")
+@router.get("/{policy_id}", responses=problem_responses(PolicyNotFound), summary="Get a policy")
 async def get_policy(policy_id: PolicyId, _: ReadDep, session: SessionDep) -> PolicyOut:
     return service.policy_out(await service.get_policy(session, policy_id))
 
 
 @router.patch(
     "/{policy_id}",
-    responses=problem_responses(401, 403, 404, 409, 422),
+    responses=problem_responses(PolicyNotFound, HostNotFound, InvalidState, InvalidRequest),
     summary="Change a policy",
     description="The fields given replace the policy's. A new schedule, or a policy "
     "enabled again, runs next at its next slot from now.",
@@ -90,7 +100,7 @@ async def update_policy(
 @router.delete(
     "/{policy_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(401, 403, 404),
+    responses=problem_responses(PolicyNotFound),
     summary="Delete a policy",
     description="Its runs are deleted; the backups it made stay.",
 )
@@ -102,7 +112,9 @@ async def delete_policy(policy_id: PolicyId, _: AdminDep, session: SessionDep) -
     "/{policy_id}/run",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=PolicyRunList,
-    responses=problem_responses(401, 403, 404),
+    responses=problem_responses(
+        PolicyNotFound, InvalidRequest, IdempotencyConflict, IdempotencyInProgress
+    ),
     summary="Run a policy now",
     description="One run now, outside the schedule: a backup queued per selected domain, "
     "or a skipped run with the reason. With an `Idempotency-Key`, a retry within 24 h "
@@ -137,7 +149,7 @@ async def run_policy(
 
 @router.get(
     "/{policy_id}/runs",
-    responses=problem_responses(401, 403, 404, 422),
+    responses=problem_responses(PolicyNotFound, InvalidRequest),
     summary="List a policy's runs",
     description="Newest first, each with the backup it made or why it made none.",
 )

@@ -105,7 +105,9 @@ async def test_every_route_with_a_body_authenticates_before_it_parses(
     ]
     assert len(with_body) >= 4
     for method, template in with_body:
-        path = template.format(host="local", domain="d", backup_id=f"{0:032x}", name="n")
+        path = template.format(
+            host="local", domain="d", backup_id=f"{0:032x}", policy_id=f"{0:032x}", name="n"
+        )
         response = await client.request(method, path, content=b"\xff{")
         _assert_problem(response, 401, "unauthorized")
 

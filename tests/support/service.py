@@ -51,6 +51,7 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
         VMBACKUP_LEASE_SECONDS=str(settings.lease_seconds),
         VMBACKUP_POLL_SECONDS=str(settings.poll_seconds),
         VMBACKUP_HOST_OUTAGE_LIMIT_SECONDS=str(settings.host_outage_limit_seconds),
+        VMBACKUP_ALLOW_TCP_HOSTS=str(settings.allow_tcp_hosts).lower(),
         VMBACKUP_HOST="127.0.0.1",
         VMBACKUP_LOG_LEVEL="info",
     )
