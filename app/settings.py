@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     # Limits: each one refuses new work (429, or 422 for a ttl) rather than letting a
     # client queue, hold or export without bound.
     max_pull_ttl_seconds: int = Field(default=86400, ge=1, le=7 * 24 * 3600)
-    max_queued_backups_per_domain: int = Field(default=8, ge=1)
+    max_queued_backups_per_domain: int = Field(default=16, ge=1)
     max_queued_backups_per_host: int = Field(default=64, ge=1)
     max_streams_per_token: int = Field(default=8, ge=1)
     # A pull export over plain TCP on a non-loopback address lets anyone on that
