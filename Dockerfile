@@ -5,6 +5,13 @@
 #   docker build -t vmbackup .
 #   docker run --rm -p 8080:8080 -e VMBACKUP_TOKENS='[...]' ... vmbackup
 #
+# Without a Docker engine, or where python:3.11-slim-bookworm cannot be pulled,
+# deploy/dev/build-image.sh builds it with buildah on a local Debian bookworm base
+# (debootstrap plus python3, python3-dev, python3-venv, python-is-python3), passed as
+# PYTHON_IMAGE: every step below works on either base (`python` is python3.11 in both,
+# with its headers for the build and ca-certificates already there).
+# tests/integration/test_image.py builds it that way and starts it.
+#
 # Two stages: the builder compiles libvirt-python against libvirt's C library
 # (libvirt-dev, pkg-config, gcc) into a venv; the runtime stage gets only that venv
 # and the shared libraries and tools the service calls at run time.
