@@ -45,6 +45,11 @@ for tool in buildah debootstrap; do
   }
 done
 
+# One build at a time on this machine: two test runs at once would otherwise both make
+# the base, and a tag could move under the other's feet.
+exec 9>/var/tmp/vmbackup-build-image.lock
+flock 9
+
 # The Debian mirror the host's apt already uses for $SUITE main (deb822 .sources or
 # one-line .list), so that the base is fetched the same way as the host's packages.
 host_mirror() {

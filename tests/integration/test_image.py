@@ -41,7 +41,8 @@ from tests.unit.test_deploy_files import (
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "deploy" / "dev" / "build-image.sh"
-IMAGE = "localhost/vmbackup:test"
+# A tag per checkout, so that tests of two work trees never start each other's image.
+IMAGE = f"localhost/vmbackup:test-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:8]}"
 # A first run makes the debootstrap base and compiles libvirt-python: minutes, not seconds.
 BUILD_TIMEOUT_SECONDS = 900
 READY_TIMEOUT_SECONDS = 60.0
