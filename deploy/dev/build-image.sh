@@ -71,7 +71,7 @@ MIRROR=${DEBIAN_MIRROR:-$(host_mirror | head -n 1)}
 
 # Name the base by its recipe (bump RECIPE_VERSION when build_base changes otherwise);
 # the mirror is left out: any mirror gives the same packages.
-RECIPE_VERSION=2
+RECIPE_VERSION=3
 DEBOOTSTRAP_ARGS=(--variant=minbase "--include=$BASE_PACKAGES" "$SUITE")
 recipe_hash=$(printf '%s ' "$RECIPE_VERSION" "${DEBOOTSTRAP_ARGS[@]}" | sha256sum | cut -c1-12)
 BASE="localhost/vmbackup-base:$SUITE-$recipe_hash"
@@ -93,6 +93,18 @@ build_base() {
   rm -rf "$work"/root/var/lib/apt/lists/* "$work"/root/var/cache/apt/*.bin \
     "$work"/root/var/cache/apt/archives/*.deb "$work"/root/etc/resolv.conf \
     "$work"/root/etc/hostname
+  # debootstrap leaves only "$SUITE main" in sources.list; the official image also has
+  # $SUITE-updates and $SUITE-security. Take the host's Debian sources (deb822 files
+  # signed by Debian's archive key) where they name this suite, so the image gets the
+  # same updates the host does, from the same mirror.
+  local f copied=0
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    grep -q "^Suites:.*\b$SUITE\b" "$f" && grep -q "^Signed-By:.*debian-archive-keyring" "$f" || continue
+    cp "$f" "$work/root/etc/apt/sources.list.d/"
+    copied=1
+  done
+  if [ "$copied" -eq 1 ]; then rm -f "$work/root/etc/apt/sources.list"; fi
   tar -C "$work/root" -cf "$work/root.tar" .
   local ctr
   ctr=$(buildah from scratch)
