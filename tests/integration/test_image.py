@@ -9,7 +9,8 @@ database, `vmbackup serve --no-migrate` answers /readyz with 200, reaches the ho
 libvirtd through the socket, and the image's own HEALTHCHECK passes against it.
 
 Only the database URL, the listening address (loopback, a free port) and the roots (a
-temporary folder) are changed from the compose file's values.
+temporary folder, mounted at the same path inside and out as compose mounts them) are
+changed from the compose file's values.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,16 +110,20 @@ def built_services() -> dict[str, dict[str, Any]]:
     return built
 
 
-def run_argv(container: str, argv: list[str], *, env: dict[str, str], user: str) -> list[str]:
-    """`buildah run` as compose would run this service: its user, environment, mounts."""
+def run_argv(
+    container: str,
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    user: str,
+    mounts: Sequence[tuple[str, str]] = (),
+) -> list[str]:
+    """`buildah run` as compose would run a service: its user, environment, mounts."""
     options = ["--isolation", "chroot", "--user", user]
     for key, value in env.items():
         options += ["--env", f"{key}={value}"]
-    # Only the libvirt daemon's folder among compose's mounts: the roots are replaced
-    # by a temporary folder below, at the same path inside and outside, as compose does.
-    for source, target in bind_mounts(built_services()["vmbackup"]):
-        if "libvirt" in target:
-            options += ["--volume", f"{source}:{target}:ro"]
+    for source, target in mounts:
+        options += ["--volume", f"{source}:{target}"]
     return ["buildah", "run", *options, container, "--", *argv]
 
 
@@ -217,14 +222,20 @@ def test_the_image_migrates_serves_and_is_ready(
     }
     entrypoint = docker_config(IMAGE).get("Entrypoint") or []
 
-    def argv_env_user(name: str) -> tuple[list[str], dict[str, str], str]:
+    def compose_run(name: str) -> list[str]:
+        """The service's command as compose would run it, with the overrides above.
+        Of its mounts, the libvirt daemon's folder is kept (read-only, as compose has
+        it); the roots it mounts at the same path inside and out are the temporary
+        folder instead, likewise mounted at its own path."""
         svc = services[name]
         env = compose_environment(svc, {"VMBACKUP_TOKENS": TOKENS}) | overrides
-        return [*entrypoint, *service_argv(svc)], env, str(svc.get("user", "0:0"))
+        mounts = [(src, f"{dst}:ro") for src, dst in bind_mounts(svc) if "libvirt" in dst]
+        mounts.append((str(tmp_path), str(tmp_path)))
+        argv = [*entrypoint, *service_argv(svc)]
+        return run_argv(container, argv, env=env, user=str(svc.get("user", "0:0")), mounts=mounts)
 
-    argv, env, user = argv_env_user("migrate")
     migrate = subprocess.run(
-        run_argv(container, argv, env=env, user=user),
+        compose_run("migrate"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -232,9 +243,8 @@ def test_the_image_migrates_serves_and_is_ready(
     )
     assert migrate.returncode == 0, migrate.stdout + migrate.stderr
 
-    argv, env, user = argv_env_user("vmbackup")
     serve = subprocess.Popen(
-        run_argv(container, argv, env=env, user=user),
+        compose_run("vmbackup"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -267,8 +277,9 @@ def test_the_image_migrates_serves_and_is_ready(
         healthcheck = docker_config(IMAGE).get("Healthcheck") or {}
         assert healthcheck.get("Test", [""])[0] == "CMD", f"no HEALTHCHECK: {healthcheck}"
         health = healthcheck["Test"][1:]
+        image_user = docker_config(IMAGE).get("User") or "root"  # as the image runs it
         check = subprocess.run(
-            run_argv(container, health, env={"VMBACKUP_PORT": str(port)}, user=user),
+            run_argv(container, health, env={"VMBACKUP_PORT": str(port)}, user=image_user),
             capture_output=True,
             text=True,
             timeout=30,
