@@ -7,8 +7,8 @@
 # The official python:3.11-slim-bookworm image cannot be pulled everywhere (not here),
 # so the base is made locally: `debootstrap bookworm` plus python3, python3-dev,
 # python3-venv and python-is-python3, imported with buildah, and handed to the
-# Dockerfile as PYTHON_IMAGE. The base is named by a hash of its recipe (this script's
-# base section), so a rerun reuses it and a changed recipe makes a new one.
+# Dockerfile as PYTHON_IMAGE. The base is named by a hash of its recipe (the debootstrap
+# arguments and RECIPE_VERSION), so a rerun reuses it and a changed recipe makes a new one.
 #
 # Builds run with `--isolation chroot` (no runc, no namespaces needed) and see the
 # host's CA certificates and pip configuration read-only, so apt and pip inside the
