@@ -5,6 +5,13 @@
 #   docker build -t vmbackup .
 #   docker run --rm -p 8080:8080 -e VMBACKUP_TOKENS='[...]' ... vmbackup
 #
+# Without a Docker engine, or where python:3.11-slim-bookworm cannot be pulled,
+# deploy/dev/build-image.sh builds it with buildah on a local Debian bookworm base
+# (debootstrap plus python3, python3-dev, python3-venv, python-is-python3), passed as
+# PYTHON_IMAGE: every step below works on either base (`python` is python3.11 in both,
+# with its headers for the build and ca-certificates already there).
+# tests/integration/test_image.py builds it that way and starts it.
+#
 # Two stages: the builder compiles libvirt-python against libvirt's C library
 # (libvirt-dev, pkg-config, gcc) into a venv; the runtime stage gets only that venv
 # and the shared libraries and tools the service calls at run time.
@@ -56,10 +63,14 @@ ARG VENV
 # Optional (EXTRA_PACKAGES): libnbd-bin (nbdinfo, nbdcopy: to read pull-mode exports
 # from inside the container) and openssh-client (for qemu+ssh:// libvirt URIs).
 # tini: PID 1 that forwards signals and reaps the children (qemu-img, ssh).
+# ca-certificates comes with the base (both bases have it) and is not named here: naming
+# it would upgrade it when the mirror has a newer one, and its set-up rewrites
+# /etc/ssl/certs, which a build may mount read-only from the host
+# (deploy/dev/build-image.sh does). The check below fails the build without it.
 ARG EXTRA_PACKAGES="libnbd-bin openssh-client"
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      ca-certificates libvirt0 qemu-utils tini ${EXTRA_PACKAGES} \
+      libvirt0 qemu-utils tini ${EXTRA_PACKAGES} \
  && rm -rf /var/lib/apt/lists/*
 
 # A non-root user by default. Talking to the host's qemu:///system through the mounted
@@ -73,9 +84,10 @@ RUN groupadd --system --gid 10001 vmbackup \
  && install -d -o vmbackup -g vmbackup -m 0750 /var/lib/vmbackup /run/vmbackup
 
 COPY --from=builder ${VENV} ${VENV}
-# Fails the build if a shared library is missing from this stage.
+# Fails the build if a shared library, qemu-img or the CA certificates are missing.
 RUN "${VENV}/bin/python" -c "import libvirt, lxml.etree, psycopg" \
- && qemu-img --version > /dev/null
+ && qemu-img --version > /dev/null \
+ && dpkg-query -W ca-certificates > /dev/null
 
 ENV PATH="${VENV}/bin:${PATH}" \
     PYTHONUNBUFFERED=1 \

@@ -28,8 +28,9 @@ packages=(
   python3-venv python3-dev gcc
 )
 [ "$want_postgres" -eq 1 ] && packages+=(postgresql)
-# Tests only: a headless browser for the status page, Prometheus (and promtool) for the alerts.
-[ "$want_tcp" -eq 1 ] && packages+=(chromium prometheus)
+# Tests only: a headless browser for the status page, Prometheus (and promtool) for the
+# alerts, buildah and debootstrap to build and start the image (deploy/dev/build-image.sh).
+[ "$want_tcp" -eq 1 ] && packages+=(chromium prometheus buildah debootstrap)
 
 missing=()
 for p in "${packages[@]}"; do

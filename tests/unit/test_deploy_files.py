@@ -3,23 +3,28 @@ and the Kubernetes manifests.
 
 No container engine or cluster is needed: the files are parsed and checked against each
 other and against the service itself (its settings, its CLI, its routes). The external
-validators run when they are present (`docker compose config`, `systemd-analyze verify`,
-the `kubernetes_validate` package) and are skipped, with the reason, when they are not.
+validators run when they are present (`docker compose config`, `systemd-analyze verify`)
+and are skipped, with the reason, when they are not; the Kubernetes schemas come with the
+dev extras (kubernetes-validate), so that check always runs. Building and starting the
+image is tests/integration/test_image.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 from sqlalchemy.engine import make_url
@@ -787,9 +792,34 @@ def test_k8s_roots_are_on_mounted_volumes_and_the_pod_is_not_root() -> None:
     assert pod_security["runAsUser"] == int(uid[1])  # the image's user
 
 
-def test_k8s_objects_validate_against_the_kubernetes_schemas() -> None:
-    kubernetes_validate = pytest.importorskip(
-        "kubernetes_validate", reason="the kubernetes_validate package is not installed"
-    )
+def _refuse_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args: object) -> None:
+        raise AssertionError("a network connection was attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+
+
+def test_k8s_objects_validate_against_the_kubernetes_schemas_offline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the schemas kubernetes-validate ships: no network is needed (or allowed)."""
+    _refuse_network(monkeypatch)
+    version = kubernetes_validate.latest_version()
     for doc in k8s_documents():
-        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_k8s_validation_rejects_a_broken_manifest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The validator above is not a rubber stamp: a typo and a wrong type are caught."""
+    _refuse_network(monkeypatch)
+    version = kubernetes_validate.latest_version()
+    (doc,) = [copy.deepcopy(d) for d in k8s_documents() if d["kind"] == "Deployment"]
+    container = doc["spec"]["template"]["spec"]["containers"][0]
+    container["readinessprobe"] = container.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="readinessprobe"):
+        kubernetes_validate.validate(doc, version, strict=True)
+    (doc,) = [copy.deepcopy(d) for d in k8s_documents() if d["kind"] == "Deployment"]
+    doc["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "http"
+    with pytest.raises(kubernetes_validate.ValidationError, match="integer"):
+        kubernetes_validate.validate(doc, version, strict=True)
