@@ -20,7 +20,7 @@ from app.hosts.registry import HypervisorFactory
 from app.libvirt.events import ensure_event_loop
 from app.main import create_app
 from app.settings import Settings
-from tests.support.libvirtd import LiveConnection
+from tests.support.libvirtd import LiveConnection, ensure_libvirtd
 from tests.support.vms import TestVM, create_vm, destroy_vm
 
 PG_ADMIN_DSN = os.environ.get("VMBACKUP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -120,6 +120,7 @@ def libvirt_conn(libvirt_live: LiveConnection) -> libvirt.virConnect:
 @pytest.fixture
 def vm(libvirt_live: LiveConnection, tmp_path: Path) -> Iterator[TestVM]:
     """A running throw-away domain with one 64 MiB qcow2 disk, `vda`."""
+    ensure_libvirtd()  # one fault test that left it down must not fail all the rest
     test_vm = create_vm(libvirt_live.conn, workdir=tmp_path / "vms")
     try:
         yield test_vm

@@ -61,24 +61,40 @@ def stop_libvirtd(timeout: float = 30.0) -> None:
     _wait(lambda: not _running(pid), f"libvirtd {pid} exits", timeout)
 
 
-def start_libvirtd(timeout: float = 60.0) -> None:
-    subprocess.run(
-        START_COMMAND,
-        check=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=30,
-    )
-    _wait(answers, "libvirtd answers `virsh version`", timeout)
+def start_libvirtd(timeout: float = 60.0, attempts: int = 3) -> None:
+    """Start libvirtd and wait until it answers. A start can fail while the old
+    daemon is still letting go of its sockets and pidfile: try again, since a
+    libvirtd left down would fail every test after this one."""
+    for attempt in range(1, attempts + 1):
+        subprocess.run(
+            START_COMMAND,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+        )
+        try:
+            _wait(answers, "libvirtd answers `virsh version`", timeout / attempts)
+            return
+        except TimeoutError:
+            if attempt == attempts:
+                raise
+            time.sleep(1.0)
+
+
+def ensure_libvirtd() -> None:
+    """libvirtd up before a test needs it, whatever an earlier test left."""
+    if not answers():
+        start_libvirtd()
 
 
 @contextmanager
 def libvirtd_down() -> Iterator[None]:
     """libvirtd is stopped inside the block and started again after it, even
-    when the block fails."""
-    stop_libvirtd()
+    when the block or the stop fails."""
     try:
+        stop_libvirtd()
         yield
     finally:
         start_libvirtd()
