@@ -93,6 +93,7 @@ class Figures:
     host_unreachable: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     by_operation: dict[str, Counter[int]] = field(default_factory=dict)
+    problem_codes: dict[str, Counter[str]] = field(default_factory=dict)
     failures: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -123,7 +124,10 @@ class Figures:
         ]
         for key, counts in sorted(self.by_operation.items(), key=lambda item: item[0][::-1]):
             spread = " ".join(f"{status}x{n}" for status, n in sorted(counts.items()))
-            lines.append(f"  {key}: {spread}")
+            codes = " ".join(
+                f"{code}x{n}" for code, n in sorted(self.problem_codes.get(key, {}).items())
+            )
+            lines.append(f"  {key}: {spread}" + (f" ({codes})" if codes else ""))
         for title, examples in sorted(self.failures.items()):
             lines.append(f"  {title}: {len(examples)}, e.g. {examples[0][:300]}")
         return "\n".join(lines)
@@ -274,15 +278,19 @@ def fuzz(base_url: str, *, cases_per_mode: int, seed: int, own: tuple[str, str])
 
 
 def _steer(case: Case, to_own: bool, *, domain: str) -> Case:
-    """A valid case, sometimes aimed at the fuzz's own domain (naming its disk, and
-    no base checkpoint it cannot have, so that some backups really start); a TCP
-    pull server kept on loopback (a generated one could listen on any address)."""
+    """A valid case, sometimes aimed at the fuzz's own domain (naming its disk, with
+    no base checkpoint it cannot have and no guest agent it does not run, so that
+    backups and checkpoints really start); a TCP pull server kept on loopback (a
+    generated one could listen on any address)."""
     params = case.path_parameters
     body = case.body if isinstance(case.body, dict) else {}
     if to_own and params and "domain" in params:
         params["host"] = "local"
         params["domain"] = domain
         body.pop("incremental", None)
+        body.pop("quiesce", None)
+        if body.get("kind") == "incremental":
+            body["kind"] = "auto"
         disks = body.get("disks")
         if isinstance(disks, list) and disks and isinstance(disks[0], dict):
             body["disks"] = [{**disks[0], "name": "vda"}]
@@ -338,6 +346,8 @@ def _validate(case: Case, response: schemathesis.Response, figures: Figures) -> 
     figures.cases += 1
     figures.by_operation.setdefault(key, Counter())[response.status_code] += 1
     figures.statuses[response.status_code] += 1
+    if response.status_code >= 400:
+        figures.problem_codes.setdefault(key, Counter())[_problem_code(response)] += 1
     checks = CHECKS
     if _libvirtd_away(response):
         figures.host_unreachable += 1
@@ -350,12 +360,14 @@ def _validate(case: Case, response: schemathesis.Response, figures: Figures) -> 
             figures.fail(str(title), f"{key} -> {response.status_code}: {single}")
 
 
+def _problem_code(response: schemathesis.Response) -> str:
+    with contextlib.suppress(ValueError, AttributeError):
+        return str(json.loads(response.content).get("code"))
+    return "not-a-problem"
+
+
 def _libvirtd_away(response: schemathesis.Response) -> bool:
-    if response.status_code != 503:
-        return False
-    with contextlib.suppress(ValueError):
-        return bool(json.loads(response.content).get("code") == "host-unreachable")
-    return False
+    return response.status_code == 503 and _problem_code(response) == "host-unreachable"
 
 
 SCENARIOS_PER_BATCH = 5
