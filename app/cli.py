@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from app import logs
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -20,13 +20,16 @@ def _settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
-        problems = "; ".join(
-            f"VMBACKUP_{'_'.join(str(p) for p in e['loc']).upper() or 'SETTINGS'}: {e['msg']}"
-            for e in error.errors()
-        )
+        problems = "; ".join(f"{_variable(e['loc'])}: {e['msg']}" for e in error.errors())
         raise SystemExit(f"vmbackup: invalid settings: {problems}") from None
     except ValueError as error:  # e.g. VMBACKUP_TOKENS that is not JSON
         raise SystemExit(f"vmbackup: invalid settings: {error}") from None
+
+
+def _variable(location: tuple[int | str, ...]) -> str:
+    """The environment variable a settings error is about."""
+    name = "_".join(str(part) for part in location).upper() or "SETTINGS"
+    return name if name.startswith("VMBACKUP_") else f"VMBACKUP_{name}"
 
 
 def _database_reachable(settings: Settings) -> None:
@@ -68,7 +71,8 @@ def serve(args: argparse.Namespace) -> None:
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        log_level=settings.log_level,
+        log_config=None,  # app.logs renders uvicorn's lines too
+        access_log=False,  # app.api.request_context writes one with the request id
         proxy_headers=False,
     )
 
@@ -140,10 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     orphans_parser.set_defaults(run=list_orphans)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logs.configure(_settings().log_level)
     args.run(args)
 
 

@@ -24,6 +24,7 @@ from app.api import (
 )
 from app.api.admin import router as admin_router
 from app.api.middleware import BodyLimit, LoopbackOnly
+from app.api.request_context import RequestContext
 from app.api.state import AppState
 from app.db.session import Database
 from app.hosts.registry import HostRegistry, HypervisorFactory
@@ -99,10 +100,11 @@ def create_app(
         lifespan=_lifespan(settings, hypervisor_factory, request_metrics),
     )
     # Outermost last: metrics count every answer, refusals included; a client off
-    # loopback is refused before its body is read.
+    # loopback is refused before its body is read; every answer has a request id.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(LoopbackOnly, settings=settings)
     app.add_middleware(RequestMetrics, registry=request_metrics)
+    app.add_middleware(RequestContext)
     problems.install(app)
     app.include_router(health.router)
     app.include_router(hosts.router)

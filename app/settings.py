@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.db.urls import async_database_url
@@ -47,7 +47,11 @@ class Settings(BaseSettings):
     tokens: Annotated[list[TokenSetting], NoDecode] = []
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # LOG_LEVEL as most services spell it; VMBACKUP_LOG_LEVEL wins when both are set.
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info",
+        validation_alias=AliasChoices("VMBACKUP_LOG_LEVEL", "LOG_LEVEL", "log_level"),
+    )
     # Worker pool
     workers_per_host: int = Field(default=4, ge=1, le=64)
     lease_seconds: float = Field(default=30.0, gt=1)
@@ -73,6 +77,11 @@ class Settings(BaseSettings):
     # Security
     allow_tcp_hosts: bool = False
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value  # LOG_LEVEL=INFO
 
     @field_validator("tokens", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ cannot write anything at all.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -33,6 +34,7 @@ from app.db.session import Database
 
 S = BackupStatus
 R = RestoreStatus
+log = logging.getLogger(__name__)
 
 BACKUP_MOVES: Mapping[BackupStatus, frozenset[BackupStatus]] = {
     S.QUEUED: frozenset({S.STARTING, S.CANCELLED}),
@@ -63,6 +65,21 @@ def _check(moves: Mapping[Any, frozenset[Any]], expected: Any, to: Any) -> None:
 def lease_values(holder: str, epoch: int, expires_at: datetime) -> dict[str, object]:
     """The columns that make `holder` the holder, at `epoch`."""
     return {"lease_holder": holder, "lease_epoch": epoch, "lease_expires_at": expires_at}
+
+
+def _log_move(what: str, row_id: uuid.UUID, was: str, now: str, error_code: str | None) -> None:
+    failed = now == "failed"
+    log.log(
+        logging.WARNING if failed else logging.INFO,
+        "%s %s: %s -> %s%s",
+        what,
+        row_id,
+        was,
+        now,
+        f" ({error_code})" if error_code else "",
+        extra={f"{what}_id": row_id, "status": now}
+        | ({"error_code": error_code} if failed else {}),
+    )
 
 
 # -- backups: the API side ------------------------------------------------------
@@ -192,6 +209,7 @@ async def move_backup(
                 message=message,
             )
         )
+    _log_move("backup", backup_id, expected.value, to.value, values.get("error_code"))
 
 
 async def record_progress(
@@ -256,3 +274,4 @@ async def finish_restore(
         )
         if finished.first() is None:
             raise LeaseLost(f"restore {restore_id}: no longer held at epoch {epoch}")
+    _log_move("restore", restore_id, R.RUNNING.value, to.value, values.get("error_code"))

@@ -17,6 +17,7 @@ from fastapi.routing import APIRoute
 
 from app.api.auth import authenticate, authorize
 from app.api.deps import required_scope
+from app.api.request_context import bind_path_ids
 from app.api.state import AppState
 from app.errors import InvalidRequest
 
@@ -30,6 +31,7 @@ class AuthFirstRoute(APIRoute):
         reads_body = self.body_field is not None
 
         async def auth_first(request: Request) -> Response:
+            bind_path_ids(request.path_params)
             if scope is not None:
                 state: AppState = request.app.state.vmbackup
                 authorize(authenticate(request, state.settings), scope)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import logging
 import threading
@@ -213,7 +214,9 @@ class LibvirtHost:
             raise HostUnreachable(f"host {self.name} is disconnected: {self._status.error}")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn, conn)
+            # In the caller's context: a line logged in the call names its backup.
+            in_context = contextvars.copy_context().run
+            return await loop.run_in_executor(self._executor, in_context, fn, conn)
         except libvirt.libvirtError as error:
             if not _alive(conn):
                 # The connection died during the call ("End of file while reading

@@ -111,7 +111,13 @@ async def apply(
             await session.execute(
                 update(Backup).where(Backup.id.in_(doomed)).values(pruned_at=utcnow())
             )
-            log.info("policy %s: pruning %d backups of %s", policy.name, len(doomed), domain_uuid)
+            log.info(
+                "policy %s: pruning %d backups of %s",
+                policy.name,
+                len(doomed),
+                domain_uuid,
+                extra={"policy": policy.name, "host": policy.host, "domain_uuid": domain_uuid},
+            )
     await finish(database, settings, domain_uuid)
 
 
@@ -128,7 +134,9 @@ async def finish(database: Database, settings: Settings, domain_uuid: str | None
             await _merge_forward(database, settings, domain, doomed)
             await _delete(database, settings, doomed)
         except AppError as error:  # a file or the host away: the next pass goes on
-            log.warning("retention on %s paused: %s", domain, error.detail)
+            log.warning(
+                "retention on %s paused: %s", domain, error.detail, extra={"domain_uuid": domain}
+            )
 
 
 async def _load(database: Database, domain_uuid: str) -> dict[uuid.UUID, Backup]:
@@ -193,7 +201,12 @@ async def _rebase(
     async with database.session_scope() as session:
         await session.execute(update(Backup).where(Backup.id == child.id).values(**values))
         session.add(BackupEvent(backup_id=child.id, status=child.status.value, message=message))
-    log.info("backup %s: %s", child.id, message)
+    log.info(
+        "backup %s: %s",
+        child.id,
+        message,
+        extra={"backup_id": child.id, "host": child.host, "domain": child.domain_name},
+    )
 
 
 async def _delete(database: Database, settings: Settings, doomed: set[uuid.UUID]) -> None:
@@ -206,4 +219,4 @@ async def _delete(database: Database, settings: Settings, doomed: set[uuid.UUID]
     for backup_id, _created in backups:  # newest first: nothing built on it by then
         async with database.session_scope() as session:
             await delete_backup(session, backup_id, cascade=False, settings=settings)
-        log.info("backup %s: pruned by retention", backup_id)
+        log.info("backup %s: pruned by retention", backup_id, extra={"backup_id": backup_id})

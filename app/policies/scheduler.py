@@ -92,7 +92,13 @@ async def run_policy(
     try:
         domains = await hosts.get(policy.host).list_domains()
     except AppError as error:
-        log.warning("policy %s: cannot list the domains of %s: %s", policy.name, policy.host, error)
+        log.warning(
+            "policy %s: cannot list the domains of %s: %s",
+            policy.name,
+            policy.host,
+            error,
+            extra={"policy": policy.name, "host": policy.host},
+        )
         return [await _record(database, policy, None, scheduled_for, skipped=error.detail)]
     runs = []
     for selected in _selected(policy, domains):
@@ -143,7 +149,13 @@ async def _run_one(
     except AppError as error:
         return await _record(database, policy, domain, scheduled_for, skipped=error.detail)
     except IntegrityError:
-        log.info("policy %s: %s at %s ran already", policy.name, domain.name, scheduled_for)
+        log.info(
+            "policy %s: %s at %s ran already",
+            policy.name,
+            domain.name,
+            scheduled_for,
+            extra={"policy": policy.name, "host": policy.host, "domain": domain.name},
+        )
         return await _existing(database, policy.id, domain.uuid, scheduled_for)
 
 
@@ -202,7 +214,14 @@ async def _record(
     *,
     skipped: str,
 ) -> PolicyRun:
-    log.info("policy %s: skipped %s: %s", policy.name, domain.name if domain else "run", skipped)
+    log.info(
+        "policy %s: skipped %s: %s",
+        policy.name,
+        domain.name if domain else "run",
+        skipped,
+        extra={"policy": policy.name, "host": policy.host}
+        | ({"domain": domain.name} if domain else {}),
+    )
     run = _run_row(policy, domain, scheduled_for, skipped=skipped)
     try:
         async with database.session_scope() as session:

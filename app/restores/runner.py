@@ -12,11 +12,13 @@ import stat
 import uuid
 from typing import Any
 
+from structlog.contextvars import bind_contextvars
+
 from app import images
 from app.backups import chain, paths, space
 from app.backups.service import get_backup
 from app.crashpoints import crash_point
-from app.db.models import Restore, RestoreStatus
+from app.db.models import Backup, Restore, RestoreStatus
 from app.db.session import Database
 from app.errors import AppError, PathNotAllowed
 from app.restores.files import partial_name, replace_into_place
@@ -78,7 +80,10 @@ async def run_restore(
 ) -> None:
     async with database.session_scope() as session:
         restore = await session.get(Restore, restore_id)
-    assert restore is not None
+        assert restore is not None
+        backup = await session.get(Backup, restore.backup_id)
+    if backup is not None:  # the pool's task for this restore: its lines name the backup
+        bind_contextvars(backup_id=str(backup.id), host=backup.host, domain=backup.domain_name)
     disks: list[dict[str, Any]] = [dict(d) for d in restore.disks]
     try:
         needs = [(d["file"], int(d.get("estimated_bytes") or 0)) for d in disks]

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from app import transitions
+from app import logs, transitions
 from app.backups import verification
 from app.crashpoints import crash_point
 from app.db.models import (
@@ -272,6 +272,11 @@ class WorkerPool:
         if domain_uuid is None:
             return True  # cancelled or taken meanwhile: look again
         crash_point("claimed")
+        log.info(
+            "backup %s: claimed, starting",
+            row.id,
+            extra={"backup_id": row.id, "host": row.host, "domain_uuid": domain_uuid},
+        )
         self._run(row.id, row.host, domain_uuid, row.lease_epoch + 1, resumed=False)
         return True
 
@@ -308,17 +313,21 @@ class WorkerPool:
                 session, row.id, row.status, row.lease_epoch, self.holder, self._lease_end()
             )
         if claimed:
+            log.info("restore %s: claimed, running", row.id, extra={"restore_id": row.id})
             self._start_restore(row.id, row.lease_epoch + 1)
         return True
 
     def _start_restore(self, restore_id: uuid.UUID, epoch: int) -> None:
         async def run() -> None:
             try:
-                await run_restore(self.database, restore_id, epoch, self.settings)
+                with logs.concerning(restore_id=restore_id):
+                    await run_restore(self.database, restore_id, epoch, self.settings)
             except transitions.LeaseLost as lost:
-                log.info("%s", lost)
+                log.info("%s", lost, extra={"restore_id": restore_id})
             except Exception:
-                log.exception("restore %s: runner failed", restore_id)
+                log.exception(
+                    "restore %s: runner failed", restore_id, extra={"restore_id": restore_id}
+                )
             finally:
                 self._restores.pop(restore_id, None)
                 self._wake.set()
@@ -359,9 +368,14 @@ class WorkerPool:
 
         async def run() -> None:
             try:
-                await verification.run(self.database, backup_id, self.holder, self.settings)
+                with logs.concerning(backup_id=backup_id):
+                    await verification.run(self.database, backup_id, self.holder, self.settings)
             except Exception:
-                log.exception("backup %s: verification failed to run", backup_id)
+                log.exception(
+                    "backup %s: verification failed to run",
+                    backup_id,
+                    extra={"backup_id": backup_id},
+                )
             finally:
                 self._verifications.pop(backup_id, None)
 
@@ -394,10 +408,19 @@ class WorkerPool:
             except DomainNotFound:
                 pass  # the job and its checkpoint went with the domain
             except AppError as error:
-                log.warning("backup %s: cannot abort its job yet: %s", row.id, error.detail)
+                log.warning(
+                    "backup %s: cannot abort its job yet: %s",
+                    row.id,
+                    error.detail,
+                    extra={"backup_id": row.id, "host": row.host, "domain_uuid": row.domain_uuid},
+                )
                 done = False
                 continue
-            log.info("backup %s: aborted the job it left during the outage", row.id)
+            log.info(
+                "backup %s: aborted the job it left during the outage",
+                row.id,
+                extra={"backup_id": row.id, "host": row.host, "domain_uuid": row.domain_uuid},
+            )
             async with self.database.session_scope() as session:
                 await session.execute(
                     update(Backup)
@@ -433,7 +456,11 @@ class WorkerPool:
                 )
             ]
         for row in taken:
-            log.info("taking over backup %s (lease expired)", row.id)
+            log.info(
+                "taking over backup %s (lease expired)",
+                row.id,
+                extra={"backup_id": row.id, "host": row.host, "domain_uuid": row.domain_uuid},
+            )
             self._run(row.id, row.host, row.domain_uuid, row.lease_epoch + 1, resumed=True)
 
     def _run(
@@ -453,9 +480,10 @@ class WorkerPool:
 
         async def run() -> None:
             try:
-                await runner.run()
+                with logs.concerning(backup_id=backup_id, host=host, domain_uuid=domain_uuid):
+                    await runner.run()
             except Exception:
-                log.exception("backup %s: runner failed", backup_id)
+                log.exception("backup %s: runner failed", backup_id, extra={"backup_id": backup_id})
             finally:
                 self._runs.pop(backup_id, None)
                 if self._signals.get((host, domain_uuid)) is signal:

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Update, select, update
 from sqlalchemy.orm import selectinload
+from structlog.contextvars import bind_contextvars
 
 from app import images
 from app.backups import chain, storage
@@ -214,6 +215,7 @@ class BackupRunner:
 
     async def _run_once(self) -> None:
         backup = await self._load()
+        bind_contextvars(domain=backup.domain_name)  # this runner's task: its lines
         self._begun = self._begun or backup.status != S.STARTING
         if backup.status == S.STARTING:
             backup = await self._start(backup)
