@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db.base import utcnow
 from app.db.models import Backup, BackupEvent, BackupStatus, Restore, RestoreStatus
 from app.db.session import Database
+from app.redact import redact_paths
 
 S = BackupStatus
 R = RestoreStatus
@@ -67,8 +68,10 @@ def lease_values(holder: str, epoch: int, expires_at: datetime) -> dict[str, obj
     return {"lease_holder": holder, "lease_epoch": epoch, "lease_expires_at": expires_at}
 
 
-def _log_move(what: str, row_id: uuid.UUID, was: str, now: str, error_code: str | None) -> None:
+def _log_move(what: str, row_id: uuid.UUID, was: str, now: str, values: Mapping[str, Any]) -> None:
+    """The line of a move; a failure's whole message is here, for the operator."""
     failed = now == "failed"
+    reason = {"error_code": values.get("error_code"), "error_message": values.get("error_message")}
     log.log(
         logging.WARNING if failed else logging.INFO,
         "%s %s: %s -> %s%s",
@@ -76,10 +79,14 @@ def _log_move(what: str, row_id: uuid.UUID, was: str, now: str, error_code: str 
         row_id,
         was,
         now,
-        f" ({error_code})" if error_code else "",
-        extra={f"{what}_id": row_id, "status": now}
-        | ({"error_code": error_code} if failed else {}),
+        f" ({reason['error_code']})" if failed else "",
+        extra={f"{what}_id": row_id, "status": now} | (reason if failed else {}),
     )
+
+
+def _redacted(text: str | None) -> str | None:
+    # Rows are served to clients: no host path (a tool's or an OSError's message).
+    return None if text is None else redact_paths(text)
 
 
 # -- backups: the API side ------------------------------------------------------
@@ -189,6 +196,10 @@ async def move_backup(
     **values: Any,
 ) -> None:
     _check(BACKUP_MOVES, expected, to)
+    logged = dict(values)  # the whole message, for the log once the move is made
+    message = _redacted(message)
+    if "error_message" in values:
+        values["error_message"] = _redacted(values["error_message"])
     if to.terminal:
         values.setdefault("finished_at", utcnow())
         values.setdefault("lease_expires_at", None)
@@ -209,7 +220,7 @@ async def move_backup(
                 message=message,
             )
         )
-    _log_move("backup", backup_id, expected.value, to.value, values.get("error_code"))
+    _log_move("backup", backup_id, expected.value, to.value, logged)
 
 
 async def record_progress(
@@ -261,6 +272,9 @@ async def finish_restore(
     database: Database, restore_id: uuid.UUID, epoch: int, to: RestoreStatus, **values: Any
 ) -> None:
     _check(RESTORE_MOVES, R.RUNNING, to)
+    logged = dict(values)
+    if "error_message" in values:
+        values["error_message"] = _redacted(values["error_message"])
     async with database.session_scope() as session:
         finished = await session.execute(
             update(Restore)
@@ -274,4 +288,4 @@ async def finish_restore(
         )
         if finished.first() is None:
             raise LeaseLost(f"restore {restore_id}: no longer held at epoch {epoch}")
-    _log_move("restore", restore_id, R.RUNNING.value, to.value, values.get("error_code"))
+    _log_move("restore", restore_id, R.RUNNING.value, to.value, logged)

@@ -156,3 +156,35 @@ async def test_a_restore_taken_over_cannot_be_finished_by_its_old_holder(
             .where(Restore.status == RestoreStatus.SUCCEEDED)
         )
     assert count == 1
+
+
+async def test_a_failure_is_stored_without_host_paths_and_logged_whole(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    backup_id = await _queued_backup(database)
+    async with database.session_scope() as session:
+        assert await transitions.claim_backup(session, backup_id, 0, "a", _lease_end())
+    said = "qemu-img: Could not open '/srv/secret dir/vm.qcow2': Permission denied"
+    with caplog.at_level("INFO", logger="app.transitions"):
+        await transitions.move_backup(
+            database,
+            backup_id,
+            1,
+            S.STARTING,
+            S.FAILED,
+            error_code="internal-error",
+            error_message=said,
+            message=said,
+        )
+    async with database.session_scope() as session:
+        backup = await session.get_one(Backup, backup_id)
+        event = await session.scalar(
+            select(BackupEvent.message).where(
+                BackupEvent.backup_id == backup_id, BackupEvent.status == "failed"
+            )
+        )
+    expected = "qemu-img: Could not open '<path>': Permission denied"
+    assert (backup.error_message, event) == (expected, expected)
+    (line,) = [r for r in caplog.records if r.name == "app.transitions"]
+    assert line.levelname == "WARNING"
+    assert line.__dict__["error_message"] == said  # the operator's log has it whole
