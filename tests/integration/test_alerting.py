@@ -21,7 +21,7 @@ from app.settings import Settings
 from tests.integration.test_backups import TERMINAL, start, wait_for
 from tests.integration.test_metrics import samples
 from tests.support.prometheus import PROMTOOL, PrometheusProcess
-from tests.support.service import ServiceProcess, service_env
+from tests.support.service import ServiceProcess, served
 from tests.support.vms import TestVM, domain
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -87,10 +87,8 @@ async def test_metrics_for_alerts_export_expiry_queue_and_failure(
 
 @pytest.fixture
 def service(settings: Settings, tmp_path: Path) -> Iterator[ServiceProcess]:
-    with ServiceProcess(service_env(settings), log=tmp_path / "service.log") as process:
-        process.start()
-        process.wait_ready()
-        yield process
+    with served(settings, tmp_path / "service.log") as running:
+        yield running
 
 
 def _firing(alerts: list[dict[str, Any]], name: str, **labels: str) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ import libvirt
 import pytest
 
 from app.settings import Settings
-from tests.support.service import ServiceProcess, free_port, service_env
+from tests.support.service import ServiceProcess, free_port, served, service_env
 from tests.support.vms import (
     MiB,
     TestVM,
@@ -49,11 +49,8 @@ def database_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def service(settings: Settings, tmp_path: Path) -> Iterator[ServiceProcess]:
-    with ServiceProcess(service_env(settings), log=tmp_path / "service.log") as running:
-        running.start()
-        running.wait_ready()
+    with served(settings, tmp_path / "service.log") as running:
         yield running
-        running.stop()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from app.settings import Settings
-from tests.support.service import ServiceProcess, service_env
+from tests.support.service import ServiceProcess, served
 from tests.support.vms import TestVM
 
 pytestmark = pytest.mark.libvirt
@@ -28,11 +28,8 @@ def database_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def service(settings: Settings, tmp_path: Path) -> Iterator[ServiceProcess]:
-    with ServiceProcess(service_env(settings), log=tmp_path / "service.log") as running:
-        running.start()
-        running.wait_ready()
+    with served(settings, tmp_path / "service.log") as running:
         yield running
-        running.stop()
 
 
 def _until_terminal(api: httpx.Client, path: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from playwright.sync_api import Page, expect
 from app.settings import Settings
 from tests.integration.test_backups import TERMINAL, start, wait_for
 from tests.support.browser import chromium
-from tests.support.service import ServiceProcess, service_env
+from tests.support.service import ServiceProcess, served, service_env
 from tests.support.vms import MiB, TestVM, domain, write_pattern
 
 TOKEN = "status-page-secret"
@@ -134,10 +134,8 @@ async def test_the_overview_lists_a_failed_backup_with_its_reason(
 
 @pytest.fixture
 def service(settings: Settings, tmp_path: Path) -> Iterator[ServiceProcess]:
-    with ServiceProcess(service_env(settings), log=tmp_path / "service.log") as process:
-        process.start()
-        process.wait_ready()
-        yield process
+    with served(settings, tmp_path / "service.log") as running:
+        yield running
 
 
 @pytest.fixture

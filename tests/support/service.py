@@ -22,6 +22,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -138,3 +140,13 @@ class ServiceProcess:
         _traceback: TracebackType | None,
     ) -> None:
         self.kill()
+
+
+@contextmanager
+def served(settings: Settings, log: Path) -> Iterator[ServiceProcess]:
+    """One ready `vmbackup serve` on these settings, stopped (its output flushed) after."""
+    with ServiceProcess(service_env(settings), log=log) as running:
+        running.start()
+        running.wait_ready()
+        yield running
+        running.stop()
