@@ -80,7 +80,8 @@ def _accepted(state: AppState, session: AsyncSession, backup: BackupOut) -> JSON
         HostUnreachable,
         LimitReached,
         InsufficientStorage,
-    ),
+    )
+    | examples.answer(202, examples.BACKUP_OUT),
     description="Starts a backup: validated against live libvirt, planned, and queued; a "
     "worker runs it. A second backup of a domain waits as `queued` until the first ends. "
     "The same `Idempotency-Key` and body within 24 h returns the first response again. "

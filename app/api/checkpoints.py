@@ -75,7 +75,8 @@ async def list_checkpoints(
         UnknownDisk,
         IdempotencyConflict,
         IdempotencyInProgress,
-    ),
+    )
+    | examples.answer(201, examples.CHECKPOINT_OUT),
     description="409 `domain-not-running`, or `invalid-state` for a name the domain has "
     "(in libvirt or recorded); 422 `unknown-disk`. The same `Idempotency-Key` and body "
     "within 24 h returns the first response again.",

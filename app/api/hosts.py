@@ -29,7 +29,8 @@ async def get_host(host: HostPath, _: ReadDep, hosts: HostsDep) -> HostOut:
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses=problem_responses(InvalidState, UriNotAllowed),
+    responses=problem_responses(InvalidState, UriNotAllowed)
+    | examples.answer(201, examples.HOST_OUT),
     description="Registers a libvirt connection. A host that cannot connect yet is still "
     "recorded and shown `disconnected` with libvirt's reason; it is retried with backoff. "
     "409 `invalid-state` when the name is taken; 422 `uri-not-allowed` for a URI outside the "

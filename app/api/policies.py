@@ -47,7 +47,8 @@ async def list_policies(_: ReadDep, session: SessionDep) -> PolicyList:
     response_model=PolicyOut,
     responses=problem_responses(
         HostNotFound, InvalidState, InvalidRequest, IdempotencyConflict, IdempotencyInProgress
-    ),
+    )
+    | examples.answer(201, examples.POLICY_OUT),
     summary="Create a policy",
     description="`schedule.cron` has five fields, or six with seconds last; it is read in "
     "`schedule.timezone`. Each run backs up every selected domain with `kind: auto` (a full "

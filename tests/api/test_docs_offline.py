@@ -143,11 +143,36 @@ def test_every_request_body_has_examples_valid_against_its_schema(spec: dict[str
         examples = _examples(spec, operation)
         assert examples, where
         schema = operation["requestBody"]["content"]["application/json"]["schema"]
-        validator = Draft202012Validator({**schema, "components": spec["components"]})
+        validator = _validator(spec, schema)
         for name, example in examples.items():
             assert example["summary"], (where, name)
             errors = [e.message for e in validator.iter_errors(example["value"])]
             assert errors == [], (where, name)
+
+
+def _validator(spec: dict[str, Any], schema: dict[str, Any]) -> Draft202012Validator:
+    return Draft202012Validator({**schema, "components": spec["components"]})
+
+
+def _answer(spec: dict[str, Any], method: str, path: str, status: int) -> dict[str, Any]:
+    content = spec["paths"][path][method]["responses"][str(status)]["content"]
+    return dict(content["application/json"])
+
+
+def test_the_example_answers_are_valid_against_their_schemas(spec: dict[str, Any]) -> None:
+    answers = [
+        (where, response["content"]["application/json"])
+        for where, operation in _operations(spec)
+        for status, response in operation["responses"].items()
+        if int(status) < 300
+        and "example" in response.get("content", {}).get("application/json", {})
+    ]
+    assert len(answers) >= 4
+    for where, answer in answers:
+        errors = [
+            e.message for e in _validator(spec, answer["schema"]).iter_errors(answer["example"])
+        ]
+        assert errors == [], where
 
 
 async def _send_examples(
@@ -177,8 +202,10 @@ async def test_the_service_accepts_the_example_requests(
     url: str,
     status: int,
 ) -> None:
+    answer = _answer(spec, method, path, status)["example"]
     for response in await _send_examples(client, spec, method, path, url):
         assert response.status_code == status, response.text
+        assert sorted(response.json()) == sorted(answer)  # the example shows every field
 
 
 async def test_the_service_accepts_the_example_policy_changes(
