@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from app.api import (
     backups,
     checkpoints,
+    docs,
     domains,
     events,
     health,
@@ -97,6 +98,8 @@ def create_app(
         title="vmbackup",
         version="1.0.0",
         description=DESCRIPTION,
+        docs_url=None,  # `docs.install` serves them, with their files
+        redoc_url=None,
         lifespan=_lifespan(settings, hypervisor_factory, request_metrics),
     )
     # Outermost last: metrics count every answer, refusals included; a client off
@@ -117,6 +120,7 @@ def create_app(
     app.include_router(admin_router)
     app.include_router(status_page)
     openapi.install(app)
+    docs.install(app)
     return app
 
 

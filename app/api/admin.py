@@ -36,6 +36,7 @@ class OrphanList(BaseModel):
     description="Entries under the backup, scratch and restore roots that no backup or "
     "restore names (files, links, empty directories), for an operator to remove; "
     "`vmbackup orphans --delete` removes them. Links are listed, never followed.",
+    summary="List files no backup or restore owns",
 )
 async def list_orphans(_: AdminDep, settings: SettingsDep, session: SessionDep) -> OrphanList:
     owned = await orphans.owned(session, settings)

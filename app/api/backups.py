@@ -3,11 +3,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Body, Query, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.api import idempotency
+from app.api import examples, idempotency
 from app.api.deps import (
     AdminDep,
     HostsDep,
@@ -80,18 +80,20 @@ def _accepted(state: AppState, session: AsyncSession, backup: BackupOut) -> JSON
         HostUnreachable,
         LimitReached,
         InsufficientStorage,
-    ),
+    )
+    | examples.answer(202, examples.BACKUP_OUT),
     description="Starts a backup: validated against live libvirt, planned, and queued; a "
     "worker runs it. A second backup of a domain waits as `queued` until the first ends. "
     "The same `Idempotency-Key` and body within 24 h returns the first response again. "
     "Limits (settings): a domain or a host with its most `queued` backups is 429 "
     "`limit-reached` with `Retry-After`; `ttl_seconds` above `MAX_PULL_TTL_SECONDS` is 422; "
     "a `tcp` export off loopback needs `tls` unless `ALLOW_PLAIN_TCP_EXPORTS` (else 422).",
+    summary="Start a backup",
 )
 async def start_backup(
     host: HostPath,
     domain: DomainPath,
-    body: BackupCreate,
+    body: Annotated[BackupCreate, Body(openapi_examples=examples.BACKUP_CREATE)],
     request: Request,
     principal: OperateDep,
     hosts: HostsDep,
@@ -120,6 +122,7 @@ async def start_backup(
     responses=problem_responses(InvalidRequest),
     description="Newest first. `cursor` is opaque and keyset-based: pages stay stable while "
     "backups are added.",
+    summary="List backups",
 )
 async def list_backups(
     _: ReadDep,
@@ -134,7 +137,9 @@ async def list_backups(
     return await service.list_backups(session, filters=filters, limit=limit, cursor=cursor)
 
 
-@router.get("/v1/backups/{backup_id}", responses=problem_responses(BackupNotFound))
+@router.get(
+    "/v1/backups/{backup_id}", responses=problem_responses(BackupNotFound), summary="Get a backup"
+)
 async def get_backup(backup_id: uuid.UUID, _: ReadDep, session: SessionDep) -> BackupOut:
     return service.backup_out(await service.get_backup(session, backup_id))
 
@@ -146,6 +151,7 @@ async def get_backup(backup_id: uuid.UUID, _: ReadDep, session: SessionDep) -> B
     responses=problem_responses(BackupNotFound, InvalidState),
     description="Pull only, in `ready`: the client has read what it needs; the service ends "
     "the libvirt job and the backup becomes `succeeded`. Else 409 `invalid-state`.",
+    summary="Finish a pull backup",
 )
 async def finish_backup(
     backup_id: uuid.UUID, _: OperateDep, session: SessionDep, state: StateDep
@@ -164,6 +170,7 @@ async def finish_backup(
     "the one recorded when it completed (`verify: true`; without one, the digest is recorded "
     "now). `verification.status` goes `running`, then `ok` or `corrupt`; a corrupt backup "
     "is never a base, and the chains through it answer 409 `chain-broken`.",
+    summary="Verify a backup's files",
 )
 async def verify_backup(
     backup_id: uuid.UUID, _: OperateDep, session: SessionDep, state: StateDep
@@ -179,6 +186,7 @@ async def verify_backup(
     responses=problem_responses(BackupNotFound, InvalidState),
     description="A `queued` backup is cancelled at once; an active one has its libvirt job "
     "aborted, then becomes `cancelled`. A terminal one: 409 `invalid-state`.",
+    summary="Cancel a backup",
 )
 async def cancel_backup(
     backup_id: uuid.UUID, _: OperateDep, session: SessionDep, state: StateDep
@@ -194,6 +202,7 @@ async def cancel_backup(
     "backups the files form a qcow2 backing chain: the newest opens on its own and reads the "
     "disk as it was at this backup. 409 `chain-broken` names the first missing link (a "
     "deleted file counts).",
+    summary="Get a backup's chain",
 )
 async def get_chain(backup_id: uuid.UUID, _: ReadDep, session: SessionDep) -> ChainOut:
     return await service.chain_of(session, backup_id)
@@ -207,6 +216,7 @@ async def get_chain(backup_id: uuid.UUID, _: ReadDep, session: SessionDep) -> Ch
     "nor another backup's) and its restores with their files. 409 `invalid-state` while it "
     "is active, while one of its restores runs, or while a later backup's chain needs it, "
     "unless `cascade=true`, which deletes those later backups too.",
+    summary="Delete a backup",
 )
 async def delete_backup(
     backup_id: uuid.UUID,

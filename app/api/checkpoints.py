@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Request, status
 from fastapi.responses import JSONResponse
 
-from app.api import idempotency
+from app.api import examples, idempotency
 from app.api.deps import AdminDep, HostsDep, OperateDep, ReadDep, SessionDep
 from app.api.idempotency import IdempotencyKeyHeader
 from app.api.params import CheckpointPath, DomainPath, HostPath
@@ -53,6 +55,7 @@ _LIBVIRT = (
     "A recorded checkpoint libvirt lacks shows `in_libvirt: false` (and `missing` until a "
     "reconcile redefines it or finds it `broken`); one made outside the service shows with "
     "`backup_id: null`. Sizes are null here: ask for one checkpoint.",
+    summary="List a domain's checkpoints",
 )
 async def list_checkpoints(
     host: HostPath, domain: DomainPath, _: ReadDep, hosts: HostsDep, session: SessionDep
@@ -72,15 +75,17 @@ async def list_checkpoints(
         UnknownDisk,
         IdempotencyConflict,
         IdempotencyInProgress,
-    ),
+    )
+    | examples.answer(201, examples.CHECKPOINT_OUT),
     description="409 `domain-not-running`, or `invalid-state` for a name the domain has "
     "(in libvirt or recorded); 422 `unknown-disk`. The same `Idempotency-Key` and body "
     "within 24 h returns the first response again.",
+    summary="Create a checkpoint",
 )
 async def create_checkpoint(
     host: HostPath,
     domain: DomainPath,
-    body: CheckpointCreate,
+    body: Annotated[CheckpointCreate, Body(openapi_examples=examples.CHECKPOINT_CREATE)],
     request: Request,
     principal: OperateDep,
     hosts: HostsDep,
@@ -113,6 +118,7 @@ async def create_checkpoint(
     "the service, follows libvirt's lineage, and marks broken, with the reason, a "
     "checkpoint whose bitmap is gone. Needs the domain running (409 `domain-not-running`): "
     "libvirt validates bitmaps only then. `dry_run` reports and changes nothing.",
+    summary="Reconcile checkpoints with libvirt",
 )
 async def reconcile_checkpoints(
     host: HostPath,
@@ -133,6 +139,7 @@ async def reconcile_checkpoints(
     responses=problem_responses(*_LIBVIRT, CheckpointNotFound),
     description="With each disk's `size_bytes` while the domain runs and no backup job is "
     "active (libvirt's size query needs a domain job); null otherwise.",
+    summary="Get a checkpoint",
 )
 async def get_checkpoint(
     host: HostPath,
@@ -153,6 +160,7 @@ async def get_checkpoint(
     "the children, or with `children` loses the subtree. `metadata_only` leaves the bitmaps "
     "in the disks (needed for a broken one, and for a domain that is not running) and the "
     "service forgets the checkpoint. 409 `invalid-state` while an unfinished backup uses it.",
+    summary="Delete a checkpoint",
 )
 async def delete_checkpoint(
     host: HostPath,

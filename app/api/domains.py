@@ -33,6 +33,7 @@ router = APIRouter(prefix="/v1/hosts/{host}/domains", tags=["domains"], route_cl
     "",
     responses=problem_responses(*_LIBVIRT),
     description="Read live from libvirt. 503 `host-unreachable` while the host is disconnected.",
+    summary="List a host's domains",
 )
 async def list_domains(
     host: HostPath, _: ReadDep, hosts: HostsDep, session: SessionDep
@@ -44,6 +45,7 @@ async def list_domains(
     "/{domain}",
     responses=problem_responses(*_LIBVIRT, DomainNotFound),
     description="`{domain}` is a name or a UUID.",
+    summary="Get a domain",
 )
 async def get_domain(
     host: HostPath, domain: DomainPath, _: ReadDep, hosts: HostsDep, session: SessionDep

@@ -18,7 +18,7 @@ from app.api.problems import problem_responses
 from app.api.state import AppState
 from app.backups import events, service
 from app.backups.service import BackupFilters
-from app.errors import InvalidRequest
+from app.errors import BackupNotFound, InvalidRequest, LimitReached
 
 router = APIRouter(tags=["events"])
 EVENT_STREAM = "text/event-stream"
@@ -94,11 +94,12 @@ def _stream(state: AppState, holder: str, feed: events.FeedFilter, after: int) -
 @router.get(
     "/v1/backups/{backup_id}/events",
     response_class=StreamingResponse,
-    responses={**_SSE_RESPONSE, **problem_responses(401, 403, 404, 422, 429)},
+    responses={**_SSE_RESPONSE, **problem_responses(BackupNotFound, InvalidRequest, LimitReached)},
     description="Server-sent events: one per change of status (`event: status`) or progress "
     "(`event: progress`), from the backup's first, ending after the terminal one. Each `data` "
     "is JSON `{id, backup_id, host, domain, status, previous_status, progress, message, at}`; "
     "`Last-Event-ID` resumes after that event." + _LIMIT,
+    summary="Follow one backup's events (SSE)",
 )
 async def backup_events(
     backup_id: uuid.UUID,
@@ -115,10 +116,11 @@ async def backup_events(
 @router.get(
     "/v1/events",
     response_class=StreamingResponse,
-    responses={**_SSE_RESPONSE, **problem_responses(401, 403, 422, 429)},
+    responses={**_SSE_RESPONSE, **problem_responses(InvalidRequest, LimitReached)},
     description="Server-sent events of every backup (dashboards), optionally of one host or "
     "one domain (name or UUID), from now on, or after `Last-Event-ID`. Never ends; a comment "
     "line every 15 s keeps idle connections open." + _LIMIT,
+    summary="Follow all backup events (SSE)",
 )
 async def all_events(
     principal: ReadDep,

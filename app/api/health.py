@@ -27,7 +27,7 @@ class Ready(BaseModel):
     checks: dict[str, str]
 
 
-@router.get("/livez", description="200 while the process runs.")
+@router.get("/livez", description="200 while the process runs.", summary="Is the process alive")
 async def livez() -> Live:
     return Live()
 
@@ -46,6 +46,7 @@ async def _database_check(connection: AsyncConnection, head: str | None) -> str:
     description="200 when the database answers and is at the head migration and the worker "
     "pool is alive; else 503. A disconnected hypervisor host does not make the service "
     "unready: see /v1/hosts.",
+    summary="Is the service ready (database, workers)",
 )
 async def readyz(state: StateDep) -> JSONResponse:
     checks: dict[str, str] = {}
@@ -72,6 +73,7 @@ async def readyz(state: StateDep) -> JSONResponse:
     "newest success per domain (`vmbackup_last_success_timestamp_seconds`, for RPO alerts) "
     "and hosts up. Needs the `read` scope when tokens are configured (Prometheus sends it "
     "with `authorization: {credentials: ...}`).",
+    summary="Prometheus metrics",
 )
 async def metrics(_: ReadDep, state: StateDep, session: SessionDep) -> Response:
     figures = await snapshot(session, state.hosts)

@@ -119,6 +119,7 @@ def _complete_operation(operation: dict[str, Any], route: APIRoute) -> None:
         described = operation.get("description", "")
         operation["description"] = f"{described}\n\nScope: `{scope}`.".strip()
     responses: dict[str, Any] = operation.setdefault("responses", {})
+    _restore_examples(responses, route)
     for shared_status, codes in _shared_codes(operation, route).items():
         entry = responses.setdefault(str(shared_status), {"content": {PROBLEM_JSON: {}}})
         if _is_problem(entry):
@@ -127,6 +128,15 @@ def _complete_operation(operation: dict[str, Any], route: APIRoute) -> None:
     for status, entry in responses.items():
         if status.isdigit() and int(status) >= 400 and _is_problem(entry):
             _document_problem(int(status), entry)
+
+
+def _restore_examples(responses: dict[str, Any], route: APIRoute) -> None:
+    """The answer examples as the route declares them: FastAPI's encoder drops
+    every null from the document, and a field that is null is still sent."""
+    for status, declared in route.responses.items():
+        for media_type, content in declared.get("content", {}).items():
+            if "example" in content:
+                responses[str(status)]["content"][media_type]["example"] = content["example"]
 
 
 def _is_problem(entry: dict[str, Any]) -> bool:

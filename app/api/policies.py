@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Body, Query, Request, status
 from fastapi.responses import JSONResponse
 
-from app.api import idempotency
+from app.api import examples, idempotency
 from app.api.deps import AdminDep, HostsDep, OperateDep, ReadDep, SessionDep, SettingsDep, StateDep
 from app.api.idempotency import IdempotencyKeyHeader
 from app.api.problems import problem_responses
@@ -47,7 +47,8 @@ async def list_policies(_: ReadDep, session: SessionDep) -> PolicyList:
     response_model=PolicyOut,
     responses=problem_responses(
         HostNotFound, InvalidState, InvalidRequest, IdempotencyConflict, IdempotencyInProgress
-    ),
+    )
+    | examples.answer(201, examples.POLICY_OUT),
     summary="Create a policy",
     description="`schedule.cron` has five fields, or six with seconds last; it is read in "
     "`schedule.timezone`. Each run backs up every selected domain with `kind: auto` (a full "
@@ -55,7 +56,7 @@ async def list_policies(_: ReadDep, session: SessionDep) -> PolicyList:
     "The same `Idempotency-Key` and body within 24 h returns the first response again.",
 )
 async def create_policy(
-    body: PolicyCreate,
+    body: Annotated[PolicyCreate, Body(openapi_examples=examples.POLICY_CREATE)],
     request: Request,
     principal: AdminDep,
     hosts: HostsDep,
@@ -92,7 +93,11 @@ async def get_policy(policy_id: PolicyId, _: ReadDep, session: SessionDep) -> Po
     "enabled again, runs next at its next slot from now.",
 )
 async def update_policy(
-    policy_id: PolicyId, body: PolicyUpdate, _: AdminDep, hosts: HostsDep, session: SessionDep
+    policy_id: PolicyId,
+    body: Annotated[PolicyUpdate, Body(openapi_examples=examples.POLICY_UPDATE)],
+    _: AdminDep,
+    hosts: HostsDep,
+    session: SessionDep,
 ) -> PolicyOut:
     return service.policy_out(await service.update_policy(session, hosts, policy_id, body))
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Body, Request, status
 from fastapi.responses import JSONResponse
 
-from app.api import idempotency
+from app.api import examples, idempotency
 from app.api.deps import AdminDep, OperateDep, ReadDep, SessionDep, SettingsDep, StateDep
 from app.api.idempotency import IdempotencyKeyHeader
 from app.api.problems import problem_responses
@@ -50,10 +51,11 @@ router = APIRouter(tags=["restores"], route_class=AuthFirstRoute)
     "chain is gone or does not open as recorded. 429 `limit-reached` while "
     "`VMBACKUP_MAX_ACTIVE_RESTORES` restores are queued or running; 507 `insufficient-storage` "
     "when the restore root has less room than the disks' capacity (plus the reserve).",
+    summary="Restore a backup to images",
 )
 async def create_restore(
     backup_id: uuid.UUID,
-    body: RestoreCreate,
+    body: Annotated[RestoreCreate, Body(openapi_examples=examples.RESTORE_CREATE)],
     request: Request,
     principal: OperateDep,
     settings: SettingsDep,
@@ -74,7 +76,11 @@ async def create_restore(
     )
 
 
-@router.get("/v1/restores/{restore_id}", responses=problem_responses(RestoreNotFound))
+@router.get(
+    "/v1/restores/{restore_id}",
+    responses=problem_responses(RestoreNotFound),
+    summary="Get a restore",
+)
 async def get_restore(restore_id: uuid.UUID, _: ReadDep, session: SessionDep) -> RestoreOut:
     return service.restore_out(await service.get_restore(session, restore_id))
 
@@ -82,9 +88,10 @@ async def get_restore(restore_id: uuid.UUID, _: ReadDep, session: SessionDep) ->
 @router.delete(
     "/v1/restores/{restore_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(401, 403, 404, 409, 422),
+    responses=problem_responses(RestoreNotFound, InvalidState),
     description="Deletes a terminal (succeeded or failed) restore and the image files it "
     "wrote. 409 `invalid-state` while it is queued or running.",
+    summary="Delete a restore",
 )
 async def delete_restore(
     restore_id: uuid.UUID, _: AdminDep, settings: SettingsDep, session: SessionDep

@@ -15,7 +15,17 @@ from app.errors import Forbidden
 from app.main import create_app
 from app.settings import Settings, TokenSetting
 
-ROUTES = ["/v1/hosts", "/livez", "/readyz", "/metrics", "/openapi.json", "/docs", "/v1/nothing"]
+ROUTES = [
+    "/v1/hosts",
+    "/livez",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+    "/redoc",
+    "/docs/assets/swagger-ui-bundle.js",
+    "/v1/nothing",
+]
 
 
 async def _client(app: FastAPI, peer: tuple[str, int]) -> AsyncIterator[httpx.AsyncClient]:

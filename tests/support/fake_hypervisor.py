@@ -112,12 +112,17 @@ class FakeHypervisor:
         self.job = backup
         self.begun.append(backup)
         if checkpoint is not None:
-            disks = tuple(
-                CheckpointDisk(d.name, d.checkpoint, checkpoint.name) for d in checkpoint.disks
-            )
-            self.checkpoints[checkpoint.name] = CheckpointInfo(
-                checkpoint.name, None, datetime.now(UTC), None, disks, "<domaincheckpoint/>"
-            )
+            self._record(checkpoint)
+
+    def _record(self, checkpoint: CheckpointSpec) -> CheckpointInfo:
+        disks = tuple(
+            CheckpointDisk(d.name, d.checkpoint, checkpoint.name) for d in checkpoint.disks
+        )
+        info = CheckpointInfo(
+            checkpoint.name, None, datetime.now(UTC), None, disks, "<domaincheckpoint/>"
+        )
+        self.checkpoints[checkpoint.name] = info
+        return info
 
     async def backup_state(self, domain_uuid: str) -> tuple[str, BackupState] | None:
         self._reachable()
@@ -166,7 +171,8 @@ class FakeHypervisor:
     async def create_checkpoint(
         self, domain_uuid: str, checkpoint: CheckpointSpec, *, quiesce: bool = False
     ) -> CheckpointInfo:
-        raise NotImplementedError
+        self._reachable()
+        return self._record(checkpoint)
 
     async def redefine_checkpoint(self, domain_uuid: str, xml: str) -> None:
         raise NotImplementedError
