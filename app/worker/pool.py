@@ -61,6 +61,7 @@ class WorkerPool:
         # Backups that just ended: their policy's retention runs next (None: at
         # start, finish whatever pruning a previous process left marked).
         self._retention_due: set[uuid.UUID] | None = None
+        self._retention: asyncio.Task[None] | None = None
         self._signals: dict[tuple[str, str], JobSignal] = {}
         self._wake = asyncio.Event()
         # Jobs left by backups failed in a host outage are looked for at start and
@@ -104,6 +105,7 @@ class WorkerPool:
             *(task for _host, task in self._runs.values()),
             *self._restores.values(),
             *self._verifications.values(),
+            *([self._retention] if self._retention is not None else []),
         ]
         for task in tasks:
             task.cancel()
@@ -111,6 +113,7 @@ class WorkerPool:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks, self._runs, self._restores, self._verifications = [], {}, {}, {}
+        self._retention = None
         with contextlib.suppress(Exception):
             async with self.database.session_scope() as session:
                 await session.execute(delete(Worker).where(Worker.holder == self.holder))
@@ -215,7 +218,7 @@ class WorkerPool:
                     self._abandoned_due = not await self._abort_abandoned()
                 await self._take_over_stalled()
                 await scheduler.run_due(self.database, self.hosts, self.settings)
-                await self._apply_retention()
+                self._start_retention()
                 while await self._claim_next():
                     pass
                 while await self._claim_restore():
@@ -333,6 +336,24 @@ class WorkerPool:
                 self._wake.set()
 
         self._restores[restore_id] = asyncio.create_task(run(), name=f"restore-{restore_id}")
+
+    def _start_retention(self) -> None:
+        """Merging a pruned backup forward rewrites a file (qemu-img rebase), minutes
+        for a large disk: it runs beside the dispatch loop, one pass at a time, so
+        claims and takeovers never wait for it."""
+        if self._retention is not None and not self._retention.done():
+            return
+        if self._retention_due is not None and not self._retention_due:
+            return  # nothing ended since the last pass
+        self._retention = asyncio.create_task(self._retention_pass(), name="retention")
+
+    async def _retention_pass(self) -> None:
+        try:
+            await self._apply_retention()
+        except DATABASE_UNAVAILABLE as error:
+            log.warning("retention: database unavailable: %s", error)
+        except Exception:
+            log.exception("retention pass failed")
 
     async def _apply_retention(self) -> None:
         """After a policy's backup succeeds, prune what its policy no longer keeps."""

@@ -125,3 +125,34 @@ async def test_a_merge_cut_off_midway_is_finished_and_no_chain_ever_opens_wrong(
     assert sorted(b["id"] for b in remaining) == sorted(b["id"] for b, _ in made[-2:])
     for backup, disk_then in made[-2:]:
         await _restores_exactly(client, backup, disk_then)
+
+
+async def test_a_long_merge_does_not_hold_up_the_next_backup(
+    client: httpx.AsyncClient, vm: TestVM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    merging, merged = asyncio.Event(), asyncio.Event()
+
+    async def slow_merge(*_args: object) -> None:  # a rebase of a large file
+        merging.set()
+        await merged.wait()
+
+    monkeypatch.setattr(retention, "apply", slow_merge)
+    created = await client.post(
+        "/v1/policies",
+        json={
+            "name": "slow",
+            "selector": {"domains": [vm.name]},
+            "schedule": {"cron": "0 3 * * *"},
+            "retention": {"last": 1},
+        },
+    )
+    run = (await client.post(f"/v1/policies/{created.json()['id']}/run")).json()["items"][0]
+    assert (await wait_for(client, run["backup_id"], TERMINAL))["status"] == "succeeded"
+    await asyncio.wait_for(merging.wait(), 30)
+
+    # The retention pass is still merging: a backup asked for now runs to its end.
+    second = await client.post(f"/v1/hosts/local/domains/{vm.name}/backups", json={"mode": "push"})
+    assert second.status_code == 202, second.text
+    assert (await wait_for(client, second.json()["id"], TERMINAL))["status"] == "succeeded"
+    assert not merged.is_set()
+    merged.set()
