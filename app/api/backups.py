@@ -109,11 +109,7 @@ async def start_backup(
         return _accepted(state, session, service.backup_out(backup))
 
     return await idempotency.respond_once(
-        session,
-        principal=principal,
-        key=idempotency_key,
-        request_hash=idempotency.fingerprint("POST", request.url.path, body),
-        make=start,
+        session, request, body, principal=principal, key=idempotency_key, make=start
     )
 
 

@@ -102,11 +102,7 @@ async def create_checkpoint(
         )
 
     return await idempotency.respond_once(
-        session,
-        principal=principal,
-        key=idempotency_key,
-        request_hash=idempotency.fingerprint("POST", request.url.path, body),
-        make=create,
+        session, request, body, principal=principal, key=idempotency_key, make=create
     )
 
 

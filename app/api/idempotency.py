@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 import anyio
-from fastapi import Header
+from fastapi import Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import ColumnElement, delete, update
@@ -195,16 +195,19 @@ def _engine(session: AsyncSession) -> AsyncEngine:
 
 async def respond_once(
     session: AsyncSession,
+    request: Request,
+    body: BaseModel | None,
     *,
     principal: Principal,
     key: str | None,
-    request_hash: str,
     make: Callable[[], Awaitable[JSONResponse]],
 ) -> JSONResponse:
-    """`make()` the response, or replay the one first made with this key."""
+    """`make()` the response, or replay the one first made with this key for
+    the same request (method, path and body)."""
     if not key:
         return await make()
     engine = _engine(session)
+    request_hash = fingerprint(request.method, request.url.path, body)
     reserved = await _reserve(engine, principal.key, key, request_hash)
     if isinstance(reserved, JSONResponse):
         return reserved

@@ -72,11 +72,7 @@ async def create_policy(
         )
 
     return await idempotency.respond_once(
-        session,
-        principal=principal,
-        key=idempotency_key,
-        request_hash=idempotency.fingerprint("POST", request.url.path, body),
-        make=create,
+        session, request, body, principal=principal, key=idempotency_key, make=create
     )
 
 
@@ -144,11 +140,7 @@ async def run_policy(
         return accepted(state, session, body, f"/v1/policies/{policy_id}/runs")
 
     return await idempotency.respond_once(
-        session,
-        principal=principal,
-        key=idempotency_key,
-        request_hash=idempotency.fingerprint("POST", request.url.path, None),
-        make=run,
+        session, request, None, principal=principal, key=idempotency_key, make=run
     )
 
 

@@ -68,11 +68,7 @@ async def create_restore(
         return accepted(state, session, service.restore_out(restore), f"/v1/restores/{restore.id}")
 
     return await idempotency.respond_once(
-        session,
-        principal=principal,
-        key=idempotency_key,
-        request_hash=idempotency.fingerprint("POST", request.url.path, body),
-        make=start,
+        session, request, body, principal=principal, key=idempotency_key, make=start
     )
 
 
