@@ -20,6 +20,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import ORMExecuteState, Session
 
+from app.db.models import BackupEvent
+
 # What a database that is down, restarting or unreachable raises (the server
 # refused or dropped the connection; SQLite: locked past the busy timeout).
 # Callers wait and retry; the API answers 503.
@@ -72,6 +74,23 @@ class _Session(Session):
 @event.listens_for(_Session, "after_flush")
 def _flushed(session: Session, _context: object) -> None:
     session.info["wrote"] = True
+
+
+# Event ids are SSE ids, and a reader resumes after the last one it saw, so events
+# must become visible in id order. PostgreSQL hands out ids at insert and
+# transactions commit in any order: a reader could see 11 while 10 is uncommitted
+# and never look back. Taken before its events are inserted and held to the
+# commit, this lock has event writers take ids and commit one at a time. SQLite's
+# single writer already does.
+EVENT_ORDER_LOCK = 0x766D6265  # "vmbe"
+
+
+@event.listens_for(_Session, "before_flush")
+def _events_in_commit_order(session: Session, _context: object, _instances: object) -> None:
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    if any(isinstance(row, BackupEvent) for row in session.new):
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENT_ORDER_LOCK})
 
 
 @event.listens_for(_Session, "do_orm_execute")
