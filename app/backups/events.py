@@ -1,5 +1,6 @@
 """The change feed of backups: `backup_events`, read in id order. Its ids are
-monotonic, so they serve as SSE ids and `Last-Event-ID` resumes exactly."""
+monotonic and become visible in order (the commit-order lock in app/db/session.py),
+so they serve as SSE ids and `Last-Event-ID` resumes exactly."""
 
 from __future__ import annotations
 
