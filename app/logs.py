@@ -7,9 +7,9 @@ middleware binds the request id and the path's host, domain, backup and
 restore; the worker binds the backup or restore it runs. So a line names its
 backup without each call passing it, and a grep for one id finds every line.
 
-    {"event": "backup 3f2c…: job found in libvirt, not starting another",
-     "level": "info", "logger": "app.worker.runner", "timestamp": "2026-…Z",
-     "backup_id": "3f2c…", "host": "local", "domain": "web1"}
+    {"timestamp": "2026-…Z", "level": "info", "logger": "app.transitions",
+     "event": "backup 3f2c…: running -> succeeded", "backup_id": "3f2c…",
+     "host": "local", "domain": "web1", "domain_uuid": "0aa7…", "status": "succeeded"}
 """
 
 from __future__ import annotations
