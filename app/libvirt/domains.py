@@ -9,7 +9,7 @@ import time
 import libvirt
 
 from app.hypervisor import CheckpointInfo, CheckpointSpec, DiskInfo, DomainInfo
-from app.libvirt import xml
+from app.libvirt import block_graph, xml
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 
@@ -35,7 +35,8 @@ def _capacity(dom: libvirt.virDomain, disk: xml.DiskXml) -> int:
     if disk.source is None:
         return 0  # an empty drive (a cdrom with no medium)
     try:
-        capacity, _allocation, _physical = dom.blockInfo(disk.name)
+        with block_graph.alone(dom.UUIDString()):
+            capacity, _allocation, _physical = dom.blockInfo(disk.name)
     except libvirt.libvirtError:
         return 0  # e.g. a network disk libvirt cannot size while the domain is off
     return int(capacity)
@@ -111,7 +112,8 @@ def get_checkpoint(dom: libvirt.virDomain, *, name: str) -> CheckpointInfo:
 
 def checkpoint_sizes(dom: libvirt.virDomain, *, name: str) -> dict[str, int | None]:
     flags = libvirt.VIR_DOMAIN_CHECKPOINT_XML_SIZE | libvirt.VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN
-    info = xml.parse_checkpoint_xml(dom.checkpointLookupByName(name).getXMLDesc(flags))
+    with block_graph.alone(dom.UUIDString()):
+        info = xml.parse_checkpoint_xml(dom.checkpointLookupByName(name).getXMLDesc(flags))
     # libvirt 9.0 leaves `size` out, without an error, for a disk whose bitmap
     # QEMU does not have: that is how a lost bitmap shows while metadata remains.
     return {disk.name: disk.size_bytes for disk in info.disks if disk.checkpoint == "bitmap"}
@@ -121,16 +123,17 @@ def create_checkpoint(
     dom: libvirt.virDomain, *, checkpoint: CheckpointSpec, quiesce: bool
 ) -> CheckpointInfo:
     document = xml.build_checkpoint_xml(checkpoint)
-    if not quiesce:
-        return _checkpoint_info(dom.checkpointCreateXML(document, 0))
-    # libvirt 9.0's QEMU driver refuses VIR_DOMAIN_CHECKPOINT_CREATE_QUIESCE
-    # ("unsupported flags (0x2)"): freeze through the guest agent instead.
-    dom.fsFreeze()
-    try:
-        return _checkpoint_info(dom.checkpointCreateXML(document, 0))
-    finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            dom.fsThaw()
+    with block_graph.alone(dom.UUIDString()):
+        if not quiesce:
+            return _checkpoint_info(dom.checkpointCreateXML(document, 0))
+        # libvirt 9.0's QEMU driver refuses VIR_DOMAIN_CHECKPOINT_CREATE_QUIESCE
+        # ("unsupported flags (0x2)"): freeze through the guest agent instead.
+        dom.fsFreeze()
+        try:
+            return _checkpoint_info(dom.checkpointCreateXML(document, 0))
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.fsThaw()
 
 
 def redefine_checkpoint(dom: libvirt.virDomain, *, xml: str) -> None:
@@ -138,7 +141,8 @@ def redefine_checkpoint(dom: libvirt.virDomain, *, xml: str) -> None:
         libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE
         | libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE_VALIDATE
     )
-    dom.checkpointCreateXML(xml, flags)
+    with block_graph.alone(dom.UUIDString()):  # the validation reads the bitmaps
+        dom.checkpointCreateXML(xml, flags)
 
 
 def delete_checkpoint(
@@ -149,4 +153,5 @@ def delete_checkpoint(
         flags |= libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_CHILDREN
     if metadata_only:
         flags |= libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY
-    dom.checkpointLookupByName(name).delete(flags)
+    with block_graph.alone(dom.UUIDString()):  # libvirt looks for the bitmaps to drop
+        dom.checkpointLookupByName(name).delete(flags)

@@ -8,7 +8,7 @@ from typing import Any
 import libvirt
 
 from app.hypervisor import BackupSpec, BackupState, CheckpointSpec, JobStats
-from app.libvirt import xml
+from app.libvirt import block_graph, xml
 
 _FINISHED_JOB_TYPES = {
     libvirt.VIR_DOMAIN_JOB_NONE,
@@ -29,17 +29,18 @@ def backup_begin(
     flags = libvirt.VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL if reuse_external else 0
     backup_xml = xml.build_backup_xml(backup)
     checkpoint_xml = None if checkpoint is None else xml.build_checkpoint_xml(checkpoint)
-    if not quiesce:
-        dom.backupBegin(backup_xml, checkpoint_xml, flags)
-        return
-    # libvirt 9 has no quiesce flag for backupBegin: freeze through the guest
-    # agent around the instant the job (and its checkpoint) is taken.
-    dom.fsFreeze()
-    try:
-        dom.backupBegin(backup_xml, checkpoint_xml, flags)
-    finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            dom.fsThaw()
+    with block_graph.alone(dom.UUIDString()):  # taken before a freeze, never during one
+        if not quiesce:
+            dom.backupBegin(backup_xml, checkpoint_xml, flags)
+            return
+        # libvirt 9 has no quiesce flag for backupBegin: freeze through the guest
+        # agent around the instant the job (and its checkpoint) is taken.
+        dom.fsFreeze()
+        try:
+            dom.backupBegin(backup_xml, checkpoint_xml, flags)
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.fsThaw()
 
 
 def backup_state(dom: libvirt.virDomain) -> tuple[str, BackupState] | None:
