@@ -35,7 +35,7 @@ def _capacity(dom: libvirt.virDomain, disk: xml.DiskXml) -> int:
     if disk.source is None:
         return 0  # an empty drive (a cdrom with no medium)
     try:
-        with block_graph.alone(dom.UUIDString()):
+        with block_graph.asking(dom):
             capacity, _allocation, _physical = dom.blockInfo(disk.name)
     except libvirt.libvirtError:
         return 0  # e.g. a network disk libvirt cannot size while the domain is off
@@ -112,7 +112,7 @@ def get_checkpoint(dom: libvirt.virDomain, *, name: str) -> CheckpointInfo:
 
 def checkpoint_sizes(dom: libvirt.virDomain, *, name: str) -> dict[str, int | None]:
     flags = libvirt.VIR_DOMAIN_CHECKPOINT_XML_SIZE | libvirt.VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN
-    with block_graph.alone(dom.UUIDString()):
+    with block_graph.asking(dom):
         info = xml.parse_checkpoint_xml(dom.checkpointLookupByName(name).getXMLDesc(flags))
     # libvirt 9.0 leaves `size` out, without an error, for a disk whose bitmap
     # QEMU does not have: that is how a lost bitmap shows while metadata remains.
@@ -123,7 +123,7 @@ def create_checkpoint(
     dom: libvirt.virDomain, *, checkpoint: CheckpointSpec, quiesce: bool
 ) -> CheckpointInfo:
     document = xml.build_checkpoint_xml(checkpoint)
-    with block_graph.alone(dom.UUIDString()):
+    with block_graph.asking(dom):
         if not quiesce:
             return _checkpoint_info(dom.checkpointCreateXML(document, 0))
         # libvirt 9.0's QEMU driver refuses VIR_DOMAIN_CHECKPOINT_CREATE_QUIESCE
@@ -141,7 +141,7 @@ def redefine_checkpoint(dom: libvirt.virDomain, *, xml: str) -> None:
         libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE
         | libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE_VALIDATE
     )
-    with block_graph.alone(dom.UUIDString()):  # the validation reads the bitmaps
+    with block_graph.asking(dom):  # the validation reads the bitmaps
         dom.checkpointCreateXML(xml, flags)
 
 
@@ -153,5 +153,5 @@ def delete_checkpoint(
         flags |= libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_CHILDREN
     if metadata_only:
         flags |= libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY
-    with block_graph.alone(dom.UUIDString()):  # libvirt looks for the bitmaps to drop
+    with block_graph.asking(dom):  # libvirt looks for the bitmaps to drop
         dom.checkpointLookupByName(name).delete(flags)

@@ -55,3 +55,12 @@ def map_libvirt_error(error: libvirt.libvirtError, host: str) -> AppError:
     if code == libvirt.VIR_ERR_OPERATION_INVALID:
         return HypervisorInvalidState(f"libvirt error {code}: {message}", libvirt_code=code)
     return HypervisorError(f"libvirt error {code}: {message}", libvirt_code=code)
+
+
+def backup_data_missing(error: libvirt.libvirtError) -> bool:
+    """A backup job whose data is not there: being set up (its target and scratch
+    nodes being opened, before `backupBegin` returns) or torn down (freed a moment
+    before the job ends). Asked for job statistics then, libvirt 9 fails so."""
+    return error.get_error_code() == libvirt.VIR_ERR_INTERNAL_ERROR and (
+        "backup job data missing" in (error.get_error_message() or "")
+    )

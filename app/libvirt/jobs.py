@@ -9,6 +9,7 @@ import libvirt
 
 from app.hypervisor import BackupSpec, BackupState, CheckpointSpec, JobStats
 from app.libvirt import block_graph, xml
+from app.libvirt.errors import backup_data_missing
 
 _FINISHED_JOB_TYPES = {
     libvirt.VIR_DOMAIN_JOB_NONE,
@@ -58,14 +59,6 @@ def _counter(stats: dict[str, Any], key: str) -> int | None:
     return None if value is None else int(value)
 
 
-def _backup_ending(error: libvirt.libvirtError) -> bool:
-    """libvirt frees a backup job's data a moment before it ends the job; asked
-    for the job's statistics in between, it fails with this internal error."""
-    return error.get_error_code() == libvirt.VIR_ERR_INTERNAL_ERROR and (
-        "backup job data missing" in (error.get_error_message() or "")
-    )
-
-
 def job_stats(dom: libvirt.virDomain, *, completed: bool) -> JobStats:
     # KEEP_COMPLETED: libvirt otherwise hands completed stats out only once.
     flags = (
@@ -76,7 +69,7 @@ def job_stats(dom: libvirt.virDomain, *, completed: bool) -> JobStats:
     try:
         stats: dict[str, Any] = dom.jobStats(flags)
     except libvirt.libvirtError as error:
-        if completed or not _backup_ending(error):
+        if completed or not backup_data_missing(error):
             raise
         return JobStats(active=True)  # still there, ending: look again
     job_type = stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE)
