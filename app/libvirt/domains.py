@@ -83,9 +83,12 @@ def _checkpoint_info(cp: libvirt.virDomainCheckpoint) -> CheckpointInfo:
     return xml.parse_checkpoint_xml(cp.getXMLDesc(0))
 
 
-# libvirt 9.0 can hand out a checkpoint with no name while a backup job is making
-# one ("name in virGetDomainCheckpoint must not be NULL", VIR_ERR_INVALID_ARG);
-# the list is whole again moments later. Found by fuzzing during backups.
+# The list is read again when it changed while it was read: libvirt 9.0 can hand
+# out a checkpoint with no name while a backup job is making one ("name in
+# virGetDomainCheckpoint must not be NULL", VIR_ERR_INVALID_ARG; found by fuzzing
+# during backups), and a checkpoint listed can be deleted before its XML is read
+# (VIR_ERR_NO_DOMAIN_CHECKPOINT: another replica's runner pruning, found in CI).
+_LIST_CHANGING = {libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_DOMAIN_CHECKPOINT}
 _LIST_ATTEMPTS = 5
 _LIST_RETRY_SECONDS = 0.1
 
@@ -95,7 +98,7 @@ def list_checkpoints(dom: libvirt.virDomain) -> list[CheckpointInfo]:
         try:
             return _list_checkpoints(dom)
         except libvirt.libvirtError as error:
-            if error.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
+            if error.get_error_code() not in _LIST_CHANGING:
                 raise
         time.sleep(_LIST_RETRY_SECONDS)  # a libvirt worker thread, not the event loop
     return _list_checkpoints(dom)
