@@ -7,39 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
-import pytest
-
-from app import transitions
 from app.backups import events
-from app.db.models import Backup, BackupEvent
+from app.db.models import BackupEvent
 from app.db.session import Database
+from tests.db.conftest import queued_backup
 
 HELD_SECONDS = 1.5  # longer than the feed's recheck: it looks while the first is open
-
-
-@pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    yield database
-    await database.dispose()
-
-
-async def _backup(database: Database) -> uuid.UUID:
-    backup = Backup(
-        id=uuid.uuid4(),
-        host="local",
-        domain_uuid=str(uuid.uuid4()),
-        domain_name="vm1",
-        mode="push",
-        kind="full",
-        created_at=datetime.now(UTC),
-    )
-    async with database.session_scope() as session:
-        transitions.queue_backup(session, backup)
-    return backup.id
 
 
 async def _event(database: Database, backup_id: uuid.UUID, message: str) -> None:
@@ -54,7 +28,7 @@ async def _read(database: Database, after: int, seen: list[str]) -> None:
 
 
 async def test_an_event_committed_late_is_not_passed_by_the_feed(database: Database) -> None:
-    backup_id = await _backup(database)
+    backup_id = await queued_backup(database)
     after = await events.latest_id(database)
     seen: list[str] = []
     reader = asyncio.create_task(_read(database, after, seen))

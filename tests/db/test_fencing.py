@@ -5,7 +5,6 @@ write (a move, progress, a fenced write) raises LeaseLost and changes nothing.""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,27 +14,13 @@ from app import transitions
 from app.db.models import Backup, BackupEvent, BackupStatus, Restore, RestoreStatus
 from app.db.session import Database
 from app.transitions import LeaseLost
+from tests.db.conftest import queued_backup
 
 S = BackupStatus
 
 
 def _lease_end() -> datetime:
     return datetime.now(UTC) + timedelta(seconds=30)
-
-
-async def _queued_backup(database: Database) -> uuid.UUID:
-    backup = Backup(
-        id=uuid.uuid4(),
-        host="local",
-        domain_uuid=str(uuid.uuid4()),
-        domain_name="vm1",
-        mode="push",
-        kind="full",
-        created_at=datetime.now(UTC),
-    )
-    async with database.session_scope() as session:
-        transitions.queue_backup(session, backup)
-    return backup.id
 
 
 async def _claim_then_take_over(database: Database, backup_id: uuid.UUID) -> None:
@@ -57,15 +42,8 @@ async def _row(database: Database, backup_id: uuid.UUID) -> tuple[Backup, list[s
         return backup, list(events)
 
 
-@pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    yield database
-    await database.dispose()
-
-
 async def test_after_a_takeover_the_old_holder_can_write_nothing(database: Database) -> None:
-    backup_id = await _queued_backup(database)
+    backup_id = await queued_backup(database)
     await _claim_then_take_over(database, backup_id)
     before, events_before = await _row(database, backup_id)
 
@@ -99,7 +77,7 @@ async def test_after_a_takeover_the_old_holder_can_write_nothing(database: Datab
 
 
 async def test_the_new_holder_writes_moves_and_records_progress(database: Database) -> None:
-    backup_id = await _queued_backup(database)
+    backup_id = await queued_backup(database)
     await _claim_then_take_over(database, backup_id)
     async with transitions.fenced(database, backup_id, 2) as session:
         await session.execute(
@@ -122,7 +100,7 @@ async def test_a_restore_taken_over_cannot_be_finished_by_its_old_holder(
     database: Database,
 ) -> None:
     restore_id = uuid.uuid4()
-    backup_id = await _queued_backup(database)
+    backup_id = await queued_backup(database)
     async with database.session_scope() as session:
         session.add(Restore(id=restore_id, backup_id=backup_id, format="qcow2", disks=[]))
     async with database.session_scope() as session:
@@ -161,7 +139,7 @@ async def test_a_restore_taken_over_cannot_be_finished_by_its_old_holder(
 async def test_a_failure_is_stored_without_host_paths_and_logged_whole(
     database: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
-    backup_id = await _queued_backup(database)
+    backup_id = await queued_backup(database)
     async with database.session_scope() as session:
         assert await transitions.claim_backup(session, backup_id, 0, "a", _lease_end())
     said = "qemu-img: Could not open '/srv/secret dir/vm.qcow2': Permission denied"
