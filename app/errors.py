@@ -119,6 +119,24 @@ class Forbidden(AppError):
     title = "Forbidden"
 
 
+class MisdirectedRequest(AppError):
+    """A tokenless service asked under a name that is not its own: a web page that
+    re-resolved its name to loopback (DNS rebinding) must not reach the API."""
+
+    status = 421
+    code = "misdirected-request"
+    title = "Misdirected request"
+
+
+class UnsupportedMediaType(AppError):
+    """A body that is not JSON: browsers send form and text bodies across sites
+    without asking first, so the API reads none."""
+
+    status = 415
+    code = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
 class HostUnreachable(AppError):
     """The host's libvirt connection is down; the caller may retry later."""
 

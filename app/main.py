@@ -24,7 +24,7 @@ from app.api import (
     restores,
 )
 from app.api.admin import router as admin_router
-from app.api.middleware import BodyLimit, LoopbackOnly
+from app.api.middleware import BodyLimit, BrowserGuard, LoopbackOnly
 from app.api.request_context import RequestContext
 from app.api.state import AppState
 from app.db.session import Database
@@ -45,7 +45,11 @@ Errors are RFC 9457 `application/problem+json` with a stable `code`.
 Authentication: `Authorization: Bearer <token>`; scopes are ordered, `admin`
 includes `operate`, which includes `read`. With no token configured the service
 serves loopback clients only (403 for any other) and lets their requests through.
-Request bodies are capped (413 `payload-too-large`).
+Request bodies are capped (413 `payload-too-large`) and must be
+`application/json` (415 `unsupported-media-type`). A request that changes
+something and comes from another origin (`Origin`, or `Sec-Fetch-Site:
+cross-site`) is 403 `forbidden`; with no token configured, a `Host` that is not a
+loopback name or one of `VMBACKUP_ALLOWED_HOSTS` is 421 `misdirected-request`.
 """
 
 
@@ -103,8 +107,10 @@ def create_app(
         lifespan=_lifespan(settings, hypervisor_factory, request_metrics),
     )
     # Outermost last: metrics count every answer, refusals included; a client off
-    # loopback is refused before its body is read; every answer has a request id.
+    # loopback, and what a web page could send, are refused before a body is read;
+    # every answer has a request id.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BrowserGuard, settings=settings)
     app.add_middleware(LoopbackOnly, settings=settings)
     app.add_middleware(RequestMetrics, registry=request_metrics)
     app.add_middleware(RequestContext)

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     tokens: Annotated[list[TokenSetting], NoDecode] = []
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    # HTTPS for the API (uvicorn's own TLS): a PEM certificate chain and its key.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     # LOG_LEVEL as most services spell it; VMBACKUP_LOG_LEVEL wins when both are set.
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info",
@@ -76,6 +79,9 @@ class Settings(BaseSettings):
     allow_plain_tcp_exports: bool = False
     # Security
     allow_tcp_hosts: bool = False
+    # Names a tokenless service also answers to (besides loopback names), e.g. a
+    # reverse proxy's; a request naming any other is refused (DNS rebinding).
+    allowed_hosts: Annotated[list[str], NoDecode] = []
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     @field_validator("log_level", mode="before")
@@ -90,12 +96,36 @@ class Settings(BaseSettings):
             return json.loads(value) if value.strip() else []
         return value
 
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: object) -> object:
+        # A JSON list, or the comma-separated list most deployments write.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [name.strip() for name in text.split(",") if name.strip()]
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _lower_hosts(cls, value: list[str]) -> list[str]:
+        return [name.lower() for name in value]
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str | None) -> str | None:
         return None if value is None else async_database_url(value)
 
-    @field_validator("data_dir", "backup_root", "scratch_root", "restore_root", "socket_root")
+    @field_validator(
+        "data_dir",
+        "backup_root",
+        "scratch_root",
+        "restore_root",
+        "socket_root",
+        "tls_cert",
+        "tls_key",
+    )
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_absolute():
@@ -120,6 +150,18 @@ class Settings(BaseSettings):
         except UriRefused as refused:
             raise ValueError(f"VMBACKUP_LIBVIRT_URI is not allowed: {refused}") from None
         return self
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        # Whether the files are there is `serve`'s to check: `migrate` reads the
+        # same settings and needs no certificate.
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("VMBACKUP_TLS_CERT and VMBACKUP_TLS_KEY go together: set both")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     @model_validator(mode="after")
     def _tokens_off_loopback(self) -> Settings:

@@ -19,6 +19,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import BaseRoute
 
 from app.api.deps import required_scope, uses_database
+from app.api.middleware import SAFE_METHODS
 from app.api.problems import CODES_KEY, PROBLEM_JSON, Problem
 
 SECURITY_SCHEME = "bearer"
@@ -102,7 +103,14 @@ def _add_links(paths: dict[str, Any]) -> None:
 
 
 def _shared_codes(operation: dict[str, Any], route: APIRoute) -> dict[int, list[str]]:
-    shared = {403: ["forbidden"], 413: ["payload-too-large"], 500: ["internal-error"]}
+    shared = {
+        403: ["forbidden"],
+        413: ["payload-too-large"],
+        421: ["misdirected-request"],
+        500: ["internal-error"],
+    }
+    if (route.methods or set()) - SAFE_METHODS:
+        shared[415] = ["unsupported-media-type"]
     if required_scope(route.dependant) is not None:
         shared[401] = ["unauthorized"]
     if operation.get("parameters") or operation.get("requestBody"):

@@ -31,7 +31,7 @@ ROUTES = [
 async def _client(app: FastAPI, peer: tuple[str, int]) -> AsyncIterator[httpx.AsyncClient]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=peer)
-        async with httpx.AsyncClient(transport=transport, base_url="http://vmbackup") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             yield client
 
 

@@ -34,8 +34,11 @@ def app(settings: Settings, hypervisor_factory: HypervisorFactory | None) -> Fas
     return create_app(settings.model_copy(update=update), hypervisor_factory)
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 def _auth(name: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {name}"}
+    return {"Authorization": f"Bearer {name}", **JSON}
 
 
 def _assert_problem(response: httpx.Response, status: int, code: str) -> None:
@@ -84,7 +87,7 @@ async def test_a_body_under_the_cap_is_served(client: httpx.AsyncClient) -> None
 
 
 async def test_malformed_json_without_a_token_is_401(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/hosts", content=b"{not json")
+    response = await client.post("/v1/hosts", content=b"{not json", headers=JSON)
     _assert_problem(response, 401, "unauthorized")
 
 
@@ -108,7 +111,7 @@ async def test_every_route_with_a_body_authenticates_before_it_parses(
         path = template.format(
             host="local", domain="d", backup_id=f"{0:032x}", policy_id=f"{0:032x}", name="n"
         )
-        response = await client.request(method, path, content=b"\xff{")
+        response = await client.request(method, path, content=b"\xff{", headers=JSON)
         _assert_problem(response, 401, "unauthorized")
 
 

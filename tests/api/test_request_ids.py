@@ -71,6 +71,8 @@ async def test_an_unusable_request_id_is_replaced(client: httpx.AsyncClient, giv
 
 
 async def test_every_answer_has_one_even_a_refusal(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/hosts", content=b"x" * (2 * 1024 * 1024))
+    response = await client.post(
+        "/v1/hosts", content=b"x" * (2 * 1024 * 1024), headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 413
     assert re.fullmatch(r"[0-9a-f]{32}", response.headers["X-Request-ID"])

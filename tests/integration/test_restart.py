@@ -21,7 +21,7 @@ async def test_a_restarted_service_takes_over_a_ready_pull_and_finishes_it(
     first = create_app(settings)
     async with first.router.lifespan_context(first):
         transport = httpx.ASGITransport(app=first)
-        async with httpx.AsyncClient(transport=transport, base_url="http://a") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             started = await client.post(
                 f"/v1/hosts/local/domains/{vm.name}/backups", json={"mode": "pull"}
             )
@@ -32,7 +32,7 @@ async def test_a_restarted_service_takes_over_a_ready_pull_and_finishes_it(
     second = create_app(settings)
     async with second.router.lifespan_context(second):
         transport = httpx.ASGITransport(app=second)
-        async with httpx.AsyncClient(transport=transport, base_url="http://b") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             assert (await client.post(f"/v1/backups/{backup['id']}/finish")).status_code == 202
             done = await wait_for(client, backup["id"], TERMINAL, timeout=30)
     assert done["status"] == "succeeded"
