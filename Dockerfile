@@ -19,7 +19,8 @@
 # The image listens on 0.0.0.0:8080, so the service refuses to start (and so does
 # `vmbackup migrate`, which reads the same settings) unless VMBACKUP_TOKENS is set:
 # a JSON list of {"name", "sha256", "scopes"}. See docker-compose.yml for the rest
-# (libvirt socket or remote URI, backup roots at identical paths on host and container).
+# (libvirt socket or remote URI, backup roots at identical paths on host and container,
+# and VMBACKUP_TLS_CERT/VMBACKUP_TLS_KEY: without them tokens cross the network in clear).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG VENV=/opt/vmbackup/.venv
@@ -104,7 +105,7 @@ EXPOSE 8080
 # /livez: the process is up. (/readyz, which also checks the database and the worker
 # pool, is for load balancers and Kubernetes readiness, not for restarting a container.)
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/livez' % os.environ.get('VMBACKUP_PORT', '8080'), timeout=4)"]
+  CMD ["python", "-c", "import os, ssl, urllib.request; tls = bool(os.environ.get('VMBACKUP_TLS_CERT')); urllib.request.urlopen('%s://127.0.0.1:%s/livez' % ('https' if tls else 'http', os.environ.get('VMBACKUP_PORT', '8080')), timeout=4, context=ssl._create_unverified_context() if tls else None)"]
 
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["vmbackup", "serve"]

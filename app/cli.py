@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -14,6 +16,8 @@ from app.settings import Settings
 
 if TYPE_CHECKING:
     from app.orphans import Orphan
+
+log = logging.getLogger("vmbackup")
 
 
 def _settings(**overrides: object) -> Settings:
@@ -67,14 +71,29 @@ def serve(args: argparse.Namespace) -> None:
         _database_reachable(settings)
     else:
         _migrate(settings)
+    _tls_files_readable(settings)
+    if not settings.is_loopback and not settings.tls:
+        log.warning(
+            "serving plain HTTP on %s: tokens and NBD URIs cross the network in clear "
+            "(set VMBACKUP_TLS_CERT and VMBACKUP_TLS_KEY)",
+            settings.host,
+        )
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
         log_config=None,  # app.logs renders uvicorn's lines too
         access_log=False,  # app.api.request_context writes one with the request id
         proxy_headers=False,
     )
+
+
+def _tls_files_readable(settings: Settings) -> None:
+    for variable, path in (("TLS_CERT", settings.tls_cert), ("TLS_KEY", settings.tls_key)):
+        if path is not None and not os.access(path, os.R_OK):
+            raise SystemExit(f"vmbackup: invalid settings: VMBACKUP_{variable}: cannot read {path}")
 
 
 def migrate(_args: argparse.Namespace) -> None:

@@ -85,6 +85,17 @@ def open_dir(root: Path, names: tuple[str, ...], *, create: bool, what: str) -> 
         os.close(fd)
 
 
+def close_to_others(root: Path) -> None:
+    """The root made, or kept, with no access for other users: a unix socket's
+    own mode is QEMU's to choose, and a user who cannot search its directory
+    cannot connect to it. The owner (the service's user) and the group (which
+    QEMU's user needs, to create its sockets there) keep theirs."""
+    Path(root).mkdir(mode=0o770, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(os.stat(root).st_mode)
+    if mode & 0o007:
+        os.chmod(root, mode & ~0o007)
+
+
 def make_parents(path: str, root: Path, *, what: str) -> None:
     """Make the directories from `root` down to the file's, following no link."""
     with open_dir(root, parts_under(path, root, what=what)[:-1], create=True, what=what):

@@ -3,7 +3,6 @@ base, which checkpoint, which paths. Pure decisions; nothing is written here."""
 
 from __future__ import annotations
 
-import ipaddress
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -145,23 +144,15 @@ def plan_server(
     if server.name is None or server.port is None:
         # libvirt 9 cannot pick a port itself ("must specify TCP port for now").
         raise InvalidRequest("server: a tcp export needs 'name' and 'port'")
-    if not server.tls and not settings.allow_plain_tcp_exports and not _loopback(server.name):
+    # NBD has no authentication of its own: on loopback too, any local user could
+    # read the disks for the export's ttl.
+    if not server.tls and not settings.allow_plain_tcp_exports:
         raise InvalidRequest(
-            f"server: a tcp export on {server.name} would let anyone who reaches it read "
-            "the disks: set 'tls': true, use a loopback address, or allow plain TCP "
+            f"server: a plain tcp export on {server.name} would let anyone who reaches the "
+            "port read the disks: set 'tls': true, use a unix socket, or allow plain TCP "
             "(VMBACKUP_ALLOW_PLAIN_TCP_EXPORTS)"
         )
     return {"transport": "tcp", "name": server.name, "port": server.port, "tls": server.tls}
-
-
-def _loopback(name: str) -> bool:
-    """Only an address that is loopback by itself: a host name may resolve anywhere."""
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def nbd_uri(server: dict[str, object], export: str) -> str:

@@ -128,6 +128,7 @@ def prepare(backup: Backup, settings: Settings) -> list[str]:
         path, root, what = _storage(backup.mode, disk, settings)
         paths.make_parents(path, root, what=f"disk {disk.name}: {what}")
     if backup.server and backup.server.get("socket"):
+        paths.close_to_others(settings.socket_root)
         paths.make_parents(backup.server["socket"], settings.socket_root, what="socket")
     made = _check_files(backup, backup.disks, settings)
     return made if backup.mode == "push" else []

@@ -110,8 +110,11 @@ async def test_a_pull_ttl_above_the_bound_is_422_and_the_bound_itself_is_taken(
     await _cancel_all(client)
 
 
-@pytest.mark.parametrize("name", ["192.0.2.10", "0.0.0.0", "::", "example.net", "127.0.0.1.nip.io"])
-async def test_a_plain_tcp_export_off_loopback_is_422_and_changes_nothing(
+@pytest.mark.parametrize(
+    "name",
+    ["127.0.0.1", "localhost", "192.0.2.10", "0.0.0.0", "::", "example.net", "127.0.0.1.nip.io"],
+)
+async def test_a_plain_tcp_export_is_422_and_changes_nothing(
     client: httpx.AsyncClient, libvirt_conn: libvirt.virConnect, vm: TestVM, name: str
 ) -> None:
     server = {"transport": "tcp", "name": name, "port": 10809}

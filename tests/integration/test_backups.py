@@ -14,6 +14,7 @@ import httpx
 import libvirt
 import pytest
 
+from app.settings import Settings
 from tests.support.vms import (
     MiB,
     TestVM,
@@ -29,6 +30,12 @@ from tests.support.vms import (
 
 pytestmark = pytest.mark.libvirt
 TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # test_pull_over_tcp_is_read_by_nbdcopy exports over plain TCP on loopback.
+    return settings.model_copy(update={"allow_plain_tcp_exports": True})
 
 
 async def wait_for(

@@ -23,6 +23,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,6 +35,7 @@ import pytest
 
 from tests.conftest import _pg_admin, _pg_url
 from tests.support.service import free_port
+from tests.support.tls import self_signed, trusting
 from tests.unit.test_deploy_files import (
     bind_mounts,
     compose_environment,
@@ -189,11 +191,12 @@ def stop(process: subprocess.Popen[str]) -> str:
     return output
 
 
-def wait_for_host(base: str) -> dict[str, Any]:
+def wait_for_host(base: str, verify: ssl.SSLContext) -> dict[str, Any]:
     """The one host (the settings' libvirt URI) once connected, or as it is at the end."""
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while True:
-        hosts = httpx.get(f"{base}/v1/hosts", headers={"Authorization": f"Bearer {TOKEN}"})
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        hosts = httpx.get(f"{base}/v1/hosts", headers=auth, verify=verify)
         assert hosts.status_code == 200, hosts.text
         (host,) = hosts.json()["items"]
         if host["state"] == "connected" or time.monotonic() > deadline:
@@ -209,7 +212,10 @@ def test_the_image_migrates_serves_and_is_ready(
     roots = {var: tmp_path / var.lower() for var in ("BACKUP", "SCRATCH", "RESTORE")}
     for path in roots.values():
         path.mkdir()
+    cert, key = self_signed(tmp_path)  # compose serves HTTPS; the test folder has the pair
+    tls = {"VMBACKUP_TLS_CERT": str(cert), "VMBACKUP_TLS_KEY": str(key)}
     overrides = {
+        **tls,
         "VMBACKUP_DATABASE_URL": database,
         "VMBACKUP_HOST": "127.0.0.1",  # keep the test on loopback
         "VMBACKUP_PORT": str(port),
@@ -250,13 +256,14 @@ def test_the_image_migrates_serves_and_is_ready(
         text=True,
         start_new_session=True,  # so stop() reaches the service under buildah
     )
-    base = f"http://127.0.0.1:{port}"
+    base = f"https://127.0.0.1:{port}"
+    verify = trusting(cert)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         ready: httpx.Response | None = None
         while time.monotonic() < deadline and serve.poll() is None:
             try:
-                ready = httpx.get(f"{base}/readyz", timeout=5)
+                ready = httpx.get(f"{base}/readyz", timeout=5, verify=verify)
                 if ready.status_code == 200:
                     break
             except httpx.TransportError:
@@ -268,7 +275,7 @@ def test_the_image_migrates_serves_and_is_ready(
         assert ready.json()["status"] == "ready"
 
         # The host's libvirtd, through the mounted socket folder.
-        host = wait_for_host(base)
+        host = wait_for_host(base, verify)
         assert host["uri"] == "qemu:///system"
         assert host["state"] == "connected", host
         assert host["libvirt_version"], host
@@ -279,7 +286,7 @@ def test_the_image_migrates_serves_and_is_ready(
         health = healthcheck["Test"][1:]
         image_user = docker_config(IMAGE).get("User") or "root"  # as the image runs it
         check = subprocess.run(
-            run_argv(container, health, env={"VMBACKUP_PORT": str(port)}, user=image_user),
+            run_argv(container, health, env={"VMBACKUP_PORT": str(port), **tls}, user=image_user),
             capture_output=True,
             text=True,
             timeout=30,

@@ -176,6 +176,7 @@ def served_app(workdir: Path) -> Iterator[str]:
         "VMBACKUP_SOCKET_ROOT": str(workdir / "run"),
         "VMBACKUP_TOKENS": json.dumps([{"name": "fuzz", "sha256": digest, "scopes": ["admin"]}]),
         "VMBACKUP_LOG_LEVEL": "warning",
+        "VMBACKUP_ALLOW_PLAIN_TCP_EXPORTS": "true",  # the cases' tcp exports, on loopback
     }
     log = (workdir / "server.log").open("w")
     server = subprocess.Popen(

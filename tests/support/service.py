@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -70,10 +71,20 @@ class ServiceProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def tls_cert(self) -> str | None:
+        return self.env.get("VMBACKUP_TLS_CERT")
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """What a client checks the server's certificate against: the service's own
+        (self-signed in tests) when it serves HTTPS."""
+        return ssl.create_default_context(cafile=self.tls_cert) if self.tls_cert else True
 
     def client(self, timeout: float = 30.0) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=timeout)
+        return httpx.Client(base_url=self.url, timeout=timeout, verify=self.verify())
 
     def start(self, *, crash_at: str | None = None) -> None:
         assert self.process is None or self.process.poll() is not None, "already running"
@@ -97,7 +108,8 @@ class ServiceProcess:
                     f"vmbackup exited with {self.process.returncode}:\n{self.output()}"
                 )
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                ready = httpx.get(f"{self.url}/readyz", timeout=2, verify=self.verify())
+                if ready.status_code == 200:
                     return
             except httpx.TransportError:
                 pass

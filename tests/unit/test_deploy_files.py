@@ -485,6 +485,23 @@ def test_compose_requires_tokens_and_binds_every_address(monkeypatch: pytest.Mon
             settings_from({**env, "VMBACKUP_TOKENS": ""}, monkeypatch)
 
 
+def test_compose_serves_https_where_it_binds_every_address() -> None:
+    # Off loopback, tokens (and the NBD URIs in answers) would cross the network in clear.
+    for name in ("migrate", "vmbackup"):
+        env = compose_environment(service(name), {"VMBACKUP_TOKENS": A_TOKEN_LIST})
+        assert env["VMBACKUP_HOST"] == "0.0.0.0"
+        assert env["VMBACKUP_TLS_CERT"]
+        assert env["VMBACKUP_TLS_KEY"]
+    vmbackup = service("vmbackup")
+    env = compose_environment(vmbackup, {"VMBACKUP_TOKENS": A_TOKEN_LIST})
+    targets = [target for _, target in bind_mounts(vmbackup)]
+    for var in ("VMBACKUP_TLS_CERT", "VMBACKUP_TLS_KEY"):
+        assert covered_by(env[var], targets), f"{var} is not on a mounted folder"
+    check = " ".join(vmbackup["healthcheck"]["test"])
+    assert "https" in check
+    assert "VMBACKUP_TLS_CERT" in check
+
+
 def test_compose_publishes_the_port_the_service_listens_on() -> None:
     vmbackup = service("vmbackup")
     port = compose_environment(vmbackup, {"VMBACKUP_TOKENS": A_TOKEN_LIST})["VMBACKUP_PORT"]
@@ -777,6 +794,27 @@ def test_k8s_takes_tokens_and_database_url_from_a_secret() -> None:
             assert "secretKeyRef" in env[name].get("valueFrom", {}), (container["name"], name)
             assert "value" not in env[name]
         assert env["VMBACKUP_HOST"]["value"] == "0.0.0.0"
+
+
+def test_k8s_serves_https_from_a_secret_and_probes_it_so() -> None:
+    container = main_container()
+    env = container_env(container)
+    assert env["VMBACKUP_HOST"]["value"] == "0.0.0.0"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment()["spec"]["template"]["spec"]["volumes"]}
+    for var in ("VMBACKUP_TLS_CERT", "VMBACKUP_TLS_KEY"):
+        folder = str(PurePosixPath(env[var]["value"]).parent)
+        assert folder in mounts, f"{var} is not on a mounted volume"
+        assert "secret" in volumes[mounts[folder]]
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS", probe
+
+
+def test_the_unit_s_example_serves_https_where_it_binds_every_address() -> None:
+    text = UNIT.read_text()
+    assert "VMBACKUP_HOST=0.0.0.0" in text
+    assert "VMBACKUP_TLS_CERT=" in text
+    assert "VMBACKUP_TLS_KEY=" in text
 
 
 def test_k8s_roots_are_on_mounted_volumes_and_the_pod_is_not_root() -> None:

@@ -1,5 +1,5 @@
-"""Where a pull export may listen: plain TCP only on loopback, unless TLS or
-the operator's setting says otherwise."""
+"""Where a pull export may listen: over TCP with TLS, or plain TCP only where the
+operator's setting allows it, loopback included (NBD has no authentication)."""
 
 from __future__ import annotations
 
@@ -21,12 +21,16 @@ def _settings(**values: object) -> Settings:
 
 
 @pytest.mark.parametrize("name", ["127.0.0.1", "127.8.9.10", "::1", "localhost"])
-def test_plain_tcp_on_loopback_is_planned(name: str) -> None:
-    planned = plan_server(ServerIn(transport="tcp", name=name, port=10809), BACKUP_ID, _settings())
+def test_plain_tcp_on_loopback_needs_the_setting_too(name: str) -> None:
+    # Any local user could read the disks through a loopback port.
+    server = ServerIn(transport="tcp", name=name, port=10809)
+    with pytest.raises(InvalidRequest, match="VMBACKUP_ALLOW_PLAIN_TCP_EXPORTS"):
+        plan_server(server, BACKUP_ID, _settings())
+    planned = plan_server(server, BACKUP_ID, _settings(allow_plain_tcp_exports=True))
     assert planned == {"transport": "tcp", "name": name, "port": 10809, "tls": False}
 
 
-@pytest.mark.parametrize("name", ["192.0.2.10", "0.0.0.0", "::", "kvm1.example.net"])
+@pytest.mark.parametrize("name", ["127.0.0.1", "192.0.2.10", "0.0.0.0", "::", "kvm1.example.net"])
 def test_plain_tcp_elsewhere_needs_tls(name: str) -> None:
     with pytest.raises(InvalidRequest, match="tls"):
         plan_server(ServerIn(transport="tcp", name=name, port=10809), BACKUP_ID, _settings())
